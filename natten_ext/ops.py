@@ -1,0 +1,110 @@
+"""The fused op, registered with torch.library so torch.compile traces it without graph breaks.
+
+``natten_ext::na_forward`` returns ``(out, lse)``; its autograd formula calls
+``natten_ext::na_backward``. The backend is resolved before the op is called (see ``dispatch``) and
+passed by name, so a compiled graph keeps the choice made at trace time. ``is_causal`` travels
+as a list of 0/1 ints because TorchScript tracing (used by fvcore) cannot record a list of bools.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .dispatch import backend_module
+
+
+@torch.library.custom_op("natten_ext::na_forward", mutates_args=())
+def na_forward(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    rpb: Tensor | None,
+    kernel_size: list[int],
+    dilation: list[int],
+    is_causal: list[int],
+    scale: float,
+    backend: str,
+) -> tuple[Tensor, Tensor]:
+    module = backend_module(backend)
+    return module.forward(
+        query,
+        key,
+        value,
+        rpb,
+        tuple(kernel_size),
+        tuple(dilation),
+        tuple(bool(c) for c in is_causal),
+        scale,
+    )
+
+
+@na_forward.register_fake
+def _na_forward_fake(query, key, value, rpb, kernel_size, dilation, is_causal, scale, backend):
+    return query.new_empty(query.shape), query.new_empty(query.shape[:-1], dtype=torch.float32)
+
+
+@torch.library.custom_op("natten_ext::na_backward", mutates_args=())
+def na_backward(
+    grad_out: Tensor,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    rpb: Tensor | None,
+    out: Tensor,
+    lse: Tensor,
+    kernel_size: list[int],
+    dilation: list[int],
+    is_causal: list[int],
+    scale: float,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    module = backend_module(backend)
+    dq, dk, dv, drpb = module.backward(
+        grad_out,
+        query,
+        key,
+        value,
+        rpb,
+        out,
+        lse,
+        tuple(kernel_size),
+        tuple(dilation),
+        tuple(bool(c) for c in is_causal),
+        scale,
+    )
+    if drpb is None:  # custom ops cannot return None: an empty tensor stands for "no rpb"
+        drpb = query.new_empty(0)
+    return dq, dk, dv, drpb
+
+
+@na_backward.register_fake
+def _na_backward_fake(
+    grad_out, query, key, value, rpb, out, lse, kernel_size, dilation, is_causal, scale, backend
+):
+    drpb = rpb.new_empty(rpb.shape) if rpb is not None else query.new_empty(0)
+    return (
+        query.new_empty(query.shape),
+        key.new_empty(key.shape),
+        value.new_empty(value.shape),
+        drpb,
+    )
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    query, key, value, rpb, kernel_size, dilation, is_causal, scale, backend = inputs
+    out, lse = output
+    ctx.save_for_backward(query, key, value, rpb, out, lse)
+    ctx.window = (kernel_size, dilation, is_causal, scale, backend)
+    ctx.has_rpb = rpb is not None
+
+
+def _backward(ctx, grad_out, grad_lse):
+    query, key, value, rpb, out, lse = ctx.saved_tensors
+    dq, dk, dv, drpb = torch.ops.natten_ext.na_backward(
+        grad_out, query, key, value, rpb, out, lse, *ctx.window
+    )
+    return dq, dk, dv, (drpb if ctx.has_rpb else None), None, None, None, None, None
+
+
+na_forward.register_autograd(_backward, setup_context=_setup_context)

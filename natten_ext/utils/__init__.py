@@ -1,0 +1,1 @@
+"""Internal helpers of natten_ext: argument checks and window index computation."""

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install the project with the extras the tests need into a virtual environment, then run the tests.
+# Usage: bash scripts/test.sh [pytest arguments]
+# NAT_VENV picks the environment folder (default .venv); NAT_PYTHON the interpreter that creates it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv="${NAT_VENV:-.venv}"
+python="${NAT_PYTHON:-python3}"
+if [ ! -x "$venv/bin/python" ]; then
+    "$python" -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[dev,det,seg]" 2>&1 \
+    | grep -v "^WARNING: Location" || true
+# pytest exits 5 when it collects no test: that counts as a failure here like any other non-zero code.
+set +e
+"$venv/bin/python" -m pytest "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+    echo "no tests were collected: failing" >&2
+fi
+exit "$rc"
