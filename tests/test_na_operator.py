@@ -9,6 +9,7 @@ import torch
 from na_oracle import axis_neighbors, oracle_attention, oracle_weights, rel_err
 
 import natten_ext
+from natten_ext.backends import reference
 from natten_ext.utils.windows import axis_table
 
 FUSED = {1: natten_ext.na1d, 2: natten_ext.na2d, 3: natten_ext.na3d}
@@ -123,10 +124,17 @@ def _check_case(ndim, case, dtype, device, seed, heads=2, dim=8):
         assert rel_err(t.grad.cpu(), r.grad) < tol, f"d{name} {case}"
 
 
+@pytest.fixture(params=["dense", "gather"])
+def reference_path(request, monkeypatch):
+    """Run the reference backend through its dense (small maps) or its gather code path."""
+    monkeypatch.setattr(reference, "_DENSE_FACTOR", 10**9 if request.param == "dense" else 0)
+    return request.param
+
+
 @pytest.mark.parametrize("device", ["cpu", *CUDA])
 @pytest.mark.parametrize("ndim", [1, 2, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
-def test_fused_matches_oracle_random(ndim, dtype, device):
+def test_fused_matches_oracle_random(ndim, dtype, device, reference_path):
     rng = random.Random(1000 * ndim + hash(str(dtype)) % 997)
     max_len = {1: 24, 2: 11, 3: 6}[ndim]
     for seed in range(6 if ndim < 3 else 3):
@@ -146,7 +154,7 @@ def test_fused_auto_backend_matches_oracle_cuda(ndim, dtype, device):
 
 
 @pytest.mark.parametrize("ndim", [1, 2, 3])
-def test_gradcheck_fused(ndim):
+def test_gradcheck_fused(ndim, reference_path):
     spatial = {1: (7,), 2: (5, 4), 3: (3, 4, 3)}[ndim]
     ks = {1: (3,), 2: (3, 3), 3: (3, 3, 3)}[ndim]
     dil = {1: (2,), 2: (1, 1), 3: (1, 1, 1)}[ndim]
@@ -161,7 +169,7 @@ def test_gradcheck_fused(ndim):
     assert torch.autograd.gradcheck(fn, args, fast_mode=ndim == 3)
 
 
-def test_gradcheck_fused_causal_even_kernel():
+def test_gradcheck_fused_causal_even_kernel(reference_path):
     q, k, v, _ = make_inputs((6, 5), (4, 2), 1, 3, torch.float64, "cpu", False, batch=1)
     args = [t.requires_grad_(True) for t in (q, k, v)]
     assert torch.autograd.gradcheck(

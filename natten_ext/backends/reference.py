@@ -192,31 +192,79 @@ def _prepare(query, key, value, rpb, kernel_size, dilation, is_causal, scale):
     return q, k, v, (None if rpb is None else rpb.to(ct)), tables
 
 
+# Maps of at most this many windows' worth of tokens (N <= factor * K) attend densely through
+# masked matrix products: N^2 <= factor * N*K, so memory stays O(N*K) while small maps (every map
+# of a low-resolution input, the deep levels of any model) run at BLAS speed.
+_DENSE_FACTOR = 8
+
+
+def _use_dense(tokens: int, window: int) -> bool:
+    return tokens <= _DENSE_FACTOR * window
+
+
+def _dense_bias(bias, tables, tokens: int, dtype) -> tuple[torch.Tensor, tuple, torch.Tensor]:
+    """Additive ``[h or 1, N, N]`` matrix: the RPB on neighbour pairs, -inf elsewhere.
+
+    Also returns the (row, key) coordinates of the valid pairs and their RPB bins.
+    """
+    key_idx, valid, bias_idx = tables
+    rows = torch.arange(tokens, device=key_idx.device)[:, None].expand_as(key_idx)
+    pairs = (rows[valid], key_idx[valid])
+    heads = 1 if bias is None else bias.shape[0]
+    full = torch.full((heads, tokens, tokens), float("-inf"), dtype=dtype, device=key_idx.device)
+    if bias is None:
+        full[:, pairs[0], pairs[1]] = 0
+    else:
+        full[:, pairs[0], pairs[1]] = bias.reshape(heads, -1)[:, bias_idx[valid]]
+    return full, pairs, bias_idx[valid]
+
+
 def forward(query, key, value, rpb, kernel_size, dilation, is_causal, scale):
     """Fused-API forward: ``(out [B, *sp, h, D] in query's dtype, lse [B, *sp, h] float32)``."""
-    q, k, v, bias, (key_idx, valid, bias_idx) = _prepare(
+    q, k, v, bias, tables = _prepare(
         query, key, value, rpb, kernel_size, dilation, is_causal, scale
     )
-    logits = _qk_forward(q, k, bias, key_idx, valid, bias_idx)
-    lse = torch.logsumexp(logits, dim=-1)
-    out = _av_forward(torch.exp(logits - lse.unsqueeze(-1)), v, key_idx, valid)
+    key_idx, valid, bias_idx = tables
+    tokens, window = key_idx.shape
+    if _use_dense(tokens, window):
+        full, _, _ = _dense_bias(bias, tables, tokens, q.dtype)
+        logits = q @ k.transpose(-1, -2) + full
+        lse = torch.logsumexp(logits, dim=-1)
+        out = torch.exp(logits - lse.unsqueeze(-1)) @ v
+    else:
+        logits = _qk_forward(q, k, bias, key_idx, valid, bias_idx)
+        lse = torch.logsumexp(logits, dim=-1)
+        out = _av_forward(torch.exp(logits - lse.unsqueeze(-1)), v, key_idx, valid)
     out = _heads_last(out, query).to(query.dtype).contiguous()
     return out, _heads_last(lse.unsqueeze(-1), query)[..., 0].float().contiguous()
 
 
 def backward(grad_out, query, key, value, rpb, out, lse, kernel_size, dilation, is_causal, scale):
     """Exact gradients; recomputes the attention weights (memory O(N*K))."""
-    q, k, v, bias, (key_idx, valid, bias_idx) = _prepare(
+    q, k, v, bias, tables = _prepare(
         query, key, value, rpb, kernel_size, dilation, is_causal, scale
     )
-    ct = q.dtype
-    logits = _qk_forward(q, k, bias, key_idx, valid, bias_idx)
-    probs = torch.exp(logits - torch.logsumexp(logits, dim=-1, keepdim=True))
-    d_out = _heads_first(grad_out, ct)
-    d_probs, dv = _av_backward(d_out, probs, v, key_idx, valid)
-    delta = (d_probs * probs).sum(-1, keepdim=True)
-    d_logits = probs * (d_probs - delta)
-    dq, dk, drpb = _qk_backward(d_logits, q, k, bias, key_idx, valid, bias_idx)
+    key_idx, valid, bias_idx = tables
+    tokens, window = key_idx.shape
+    d_out = _heads_first(grad_out, q.dtype)
+    if _use_dense(tokens, window):
+        full, pairs, bins = _dense_bias(bias, tables, tokens, q.dtype)
+        logits = q @ k.transpose(-1, -2) + full
+        probs = torch.exp(logits - torch.logsumexp(logits, dim=-1, keepdim=True))
+        d_probs = d_out @ v.transpose(-1, -2)
+        d_logits = probs * (d_probs - (d_probs * probs).sum(-1, keepdim=True))
+        dq, dk, dv = d_logits @ k, d_logits.transpose(-1, -2) @ q, probs.transpose(-1, -2) @ d_out
+        drpb = None
+        if bias is not None:
+            per_pair = d_logits[:, :, pairs[0], pairs[1]].sum(0)  # [h, valid pairs]
+            flat = torch.zeros(bias.shape[0], bias[0].numel(), dtype=q.dtype, device=q.device)
+            drpb = flat.index_add_(1, bins, per_pair).reshape(bias.shape)
+    else:
+        logits = _qk_forward(q, k, bias, key_idx, valid, bias_idx)
+        probs = torch.exp(logits - torch.logsumexp(logits, dim=-1, keepdim=True))
+        d_probs, dv = _av_backward(d_out, probs, v, key_idx, valid)
+        d_logits = probs * (d_probs - (d_probs * probs).sum(-1, keepdim=True))
+        dq, dk, drpb = _qk_backward(d_logits, q, k, bias, key_idx, valid, bias_idx)
     dq = _heads_last(dq * scale, query).to(query.dtype)
     dk = _heads_last(dk, key).to(key.dtype)
     dv = _heads_last(dv, value).to(value.dtype)
