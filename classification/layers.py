@@ -1,0 +1,338 @@
+"""Building blocks shared by the NAT/DiNAT, DiNAT_s and isotropic classifiers.
+
+- :class:`NATransformerBlock`: the pre-norm transformer block of every family (keys ``norm1``,
+  ``attn.{qkv,rpb,proj}``, ``norm2``, ``mlp.{fc1,fc2}``, optional ``gamma1``/``gamma2``).
+- :class:`NALevel`: a level of blocks with an optional downsampler run *after* the blocks.
+- :class:`ClassifierMixin` and :class:`HierarchicalMixin`: the timm model API (head, weight decay,
+  intermediates, pruning, gradient checkpointing) written once for the three families.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.models._features import feature_take_indices
+from timm.models._manipulate import checkpoint
+from torch import Tensor, nn
+
+from natten_ext import NeighborhoodAttention2D
+
+__all__ = [
+    "ClassifierMixin",
+    "HierarchicalMixin",
+    "NALevel",
+    "NATransformerBlock",
+    "check_dilations",
+    "init_weights",
+]
+
+
+def init_weights(module: nn.Module) -> None:
+    """Spec init: Linear trunc_normal(std 0.02) with zero bias, LayerNorm weight 1 / bias 0.
+
+    Convolutions keep PyTorch's default init, as in the original code; ``rpb`` tables are
+    initialised by the attention modules themselves (trunc_normal, std 0.02).
+    """
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def check_dilations(
+    dilations: Sequence[Sequence[int]] | None, depths: Sequence[int]
+) -> list[list[int]]:
+    """Validate a per-level list of per-block dilations (``None`` means all ones)."""
+    if dilations is None:
+        return [[1] * d for d in depths]
+    dilations = [list(level) for level in dilations]
+    if len(dilations) != len(depths):
+        raise ValueError(
+            f"dilations must have one list per level ({len(depths)} levels), got {len(dilations)}"
+        )
+    for i, (level, depth) in enumerate(zip(dilations, depths)):
+        if len(level) != depth:
+            raise ValueError(
+                f"dilations[{i}] must have one entry per block ({depth}), got {len(level)}: {level}"
+            )
+        for d in level:
+            if not isinstance(d, int) or isinstance(d, bool) or d < 1:
+                raise ValueError(f"dilations[{i}] entries must be ints >= 1, got {level}")
+    return dilations
+
+
+class NATransformerBlock(nn.Module):
+    """Pre-norm block: ``x + DropPath(g1 * Attn(LN(x)))``, then ``x + DropPath(g2 * MLP(LN(x)))``.
+
+    The attention is :class:`natten_ext.NeighborhoodAttention2D` (kernel ``kernel_size``,
+    ``dilation``, RPB on) unless ``attn_layer`` builds another module with the same signature
+    (``attn_layer(dim, num_heads=..., qkv_bias=..., qk_scale=..., attn_drop=..., proj_drop=...)``).
+    ``gamma1``/``gamma2`` (layer scale) exist only when ``layer_scale`` is given. Input and output
+    are channels-last ``[B, H, W, C]``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        kernel_size: int = 7,
+        dilation: int = 1,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        qk_scale: float | None = None,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        layer_scale: float | None = None,
+        act_layer: Callable[..., nn.Module] = nn.GELU,
+        norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
+        attn_layer: Callable[..., nn.Module] | None = None,
+    ) -> None:
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        attn_kwargs: dict[str, Any] = dict(
+            qkv_bias=qkv_bias, qk_scale=qk_scale, attn_drop=attn_drop, proj_drop=drop
+        )
+        if attn_layer is None:
+            self.attn = NeighborhoodAttention2D(
+                dim, num_heads, kernel_size, dilation=dilation, **attn_kwargs
+            )
+        else:
+            self.attn = attn_layer(dim, num_heads=num_heads, **attn_kwargs)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
+        if layer_scale is not None:
+            if not isinstance(layer_scale, (int, float)) or layer_scale <= 0:
+                raise ValueError(
+                    f"layer_scale must be a positive number or None, got {layer_scale}"
+                )
+            self.gamma1 = nn.Parameter(torch.full((dim,), float(layer_scale)))
+            self.gamma2 = nn.Parameter(torch.full((dim,), float(layer_scale)))
+        else:
+            self.gamma1 = self.gamma2 = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.attn(self.norm1(x))
+        if self.gamma1 is not None:
+            y = self.gamma1 * y
+        x = x + self.drop_path(y)
+        y = self.mlp(self.norm2(x))
+        if self.gamma2 is not None:
+            y = self.gamma2 * y
+        return x + self.drop_path(y)
+
+
+class NALevel(nn.Module):
+    """``blocks`` (a ModuleList of :class:`NATransformerBlock`) then an optional ``downsample``.
+
+    :meth:`forward_blocks` returns the level's output *before* its downsampler, which is what the
+    detection/segmentation backbones take as the level's feature map.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        kernel_size: int,
+        dilations: Sequence[int],
+        drop_path: Sequence[float],
+        downsample: Callable[[int], nn.Module] | None = None,
+        **block_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.grad_checkpointing = False
+        self.blocks = nn.ModuleList(
+            NATransformerBlock(
+                dim,
+                num_heads,
+                kernel_size=kernel_size,
+                dilation=dilations[i],
+                drop_path=drop_path[i],
+                **block_kwargs,
+            )
+            for i in range(depth)
+        )
+        self.downsample = downsample(dim) if downsample is not None else None
+
+    def forward_blocks(self, x: Tensor) -> Tensor:
+        for blk in self.blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+                x = checkpoint(blk, x)
+            else:
+                x = blk(x)
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.forward_blocks(x)
+        return x if self.downsample is None else self.downsample(x)
+
+
+class ClassifierMixin:
+    """Head and optimizer API shared by every family.
+
+    Expects ``self.head`` (Linear or Identity), ``self.num_features``, ``self.num_classes``,
+    ``self.global_pool`` (``"avg"`` or ``""``) and ``forward_features`` returning ``[B, H, W, C]``.
+    """
+
+    num_classes: int
+    num_features: int
+    global_pool: str
+    head: nn.Module
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Names of the RPB tables (they take no weight decay; norms/biases are 1-D anyway)."""
+        return {name for name, _ in self.named_parameters() if name.endswith("rpb")}
+
+    @torch.jit.ignore
+    def no_weight_decay_keywords(self) -> set[str]:
+        return {"rpb"}
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the head by a freshly initialised ``Linear(num_features, num_classes)``."""
+        if not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
+        if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        ref = next(self.parameters())
+        if num_classes > 0:
+            head = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
+            init_weights(head)
+        else:
+            head = nn.Identity()
+        self.head = head
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Mean over tokens (when ``global_pool == "avg"``) then the linear head."""
+        if self.global_pool == "avg":
+            x = x.mean(dim=(1, 2))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class HierarchicalMixin(ClassifierMixin):
+    """timm API of the four-level models (NAT/DiNAT keep their levels in ``levels``, DiNAT_s in
+    ``layers``; ``stage_attr`` names the attribute so the state-dict keys stay the original ones).
+
+    Expects ``patch_embed``, ``pos_drop``, the ModuleList of :class:`NALevel` and ``norm``.
+    """
+
+    stage_attr: str
+    patch_embed: nn.Module
+    pos_drop: nn.Module
+    norm: nn.Module
+    feature_info: list[dict[str, Any]]
+
+    @property
+    def stages(self) -> nn.ModuleList:
+        return getattr(self, self.stage_attr)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        s = self.stage_attr
+        return dict(
+            stem=r"^patch_embed",
+            blocks=rf"^{s}\.(\d+)"
+            if coarse
+            else [
+                (rf"^{s}\.(\d+)\.blocks\.(\d+)", None),
+                (rf"^{s}\.(\d+)\.downsample", (99998,)),
+                (r"^norm", (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in backward instead of storing them."""
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    def set_dilations(self, dilations: Sequence[Sequence[int]]) -> None:
+        """Change every block's dilation in place (weights are unaffected), e.g. to
+        :func:`classification.dilation.dilation_schedule` for a new input resolution."""
+        depths = [len(stage.blocks) for stage in self.stages]
+        dilations = check_dilations(dilations, depths)
+        for stage, level in zip(self.stages, dilations):
+            for blk, d in zip(stage.blocks, level):
+                blk.attn.dilation = (d, d)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        x = self.pos_drop(self.patch_embed(x))
+        for stage in self.stages:
+            x = stage(x)
+        return self.norm(x)
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """Per-level outputs (NCHW, strides 4/8/16/32), each taken *before* the level's
+        downsampler and before any norm (``norm=True`` applies the final norm to the last one).
+        """
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        last = len(self.stages) - 1
+        stages = (
+            self.stages
+            if torch.jit.is_scripting() or not stop_early
+            else self.stages[: max_index + 1]
+        )
+        intermediates = []
+        x = self.pos_drop(self.patch_embed(x))
+        for i, stage in enumerate(stages):
+            x = stage.forward_blocks(x)
+            if i in take_indices:
+                y = self.norm(x) if norm and i == last else x
+                intermediates.append(
+                    y.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else y
+                )
+            if stage.downsample is not None and (i < len(stages) - 1 or not stop_early):
+                x = stage.downsample(x)
+        if intermediates_only:
+            return intermediates
+        if len(stages) == len(self.stages):
+            x = self.norm(x)  # the final norm is sized for the last level only
+        return x, intermediates
+
+    def prune_intermediate_layers(
+        self,
+        indices: int | list[int] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> list[int]:
+        """Drop the levels after the last wanted one (and its downsampler), the norm and head."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        prune_end = max_index < len(self.stages) - 1
+        setattr(self, self.stage_attr, self.stages[: max_index + 1])
+        if prune_end:
+            self.stages[max_index].downsample = None
+            self.num_features = self.feature_info[max_index]["num_chs"]
+        if prune_norm or prune_end:
+            self.norm = nn.Identity()
+        if prune_head or prune_end:
+            self.reset_classifier(0, "")
+        return take_indices

@@ -1,0 +1,81 @@
+#!/usr/bin/env python
+"""Convert NAT/DiNAT checkpoints between the original layout and the Hugging Face one.
+
+    python scripts/convert_checkpoint.py SRC DST [--to original|hf] [--model NAME] [--hf-prefix P]
+
+SRC may be an original checkpoint (plain or wrapped in ``model``/``state_dict``), or an HF
+``transformers`` state dict (``pytorch_model.bin`` / ``model.safetensors``); it is read with
+``weights_only=True``. DST is written atomically, as safetensors when it ends in ``.safetensors``
+and with ``torch.save`` otherwise. With ``--model``, the weights are loaded strictly into that timm
+model first (rpb tables resized to its kernel, a head of another class count dropped), which
+validates them and yields exactly the model's keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import timm
+
+import classification  # noqa: F401  (registers the models)
+from classification.checkpoint import (
+    checkpoint_filter_fn,
+    hf_to_original,
+    is_hf_layout,
+    load_checkpoint_file,
+    original_to_hf,
+    save_state_dict,
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("src", type=Path, help="input checkpoint (.pth/.bin/.safetensors)")
+    p.add_argument("dst", type=Path, help="output file (.safetensors or a torch file)")
+    p.add_argument("--to", choices=("original", "hf"), default="original", help="output layout")
+    p.add_argument("--model", help="timm model name to validate against (e.g. dinat_tiny)")
+    p.add_argument(
+        "--hf-prefix",
+        choices=("nat", "dinat", "none"),
+        help="HF key prefix for --to hf (default from --model: nat for nat_*, else dinat)",
+    )
+    return p.parse_args(argv)
+
+
+def convert(args: argparse.Namespace) -> dict[str, int]:
+    sd = load_checkpoint_file(args.src)
+    source_hf = is_hf_layout(sd)
+    if args.model:
+        if args.model not in timm.list_models():
+            raise SystemExit(
+                f"--model: unknown model {args.model!r}; see timm.list_models('*nat*')"
+            )
+        model = timm.create_model(args.model, pretrained=False)
+        model.load_state_dict(checkpoint_filter_fn(sd, model), strict=True)
+        sd = model.state_dict()
+    elif source_hf:
+        sd = hf_to_original(sd)
+    if args.to == "hf":
+        prefix = args.hf_prefix
+        if prefix is None:
+            if not args.model:
+                raise SystemExit("--to hf needs --hf-prefix (nat, dinat or none) or --model")
+            prefix = "nat" if args.model.startswith("nat_") else "dinat"
+        sd = original_to_hf(sd, "" if prefix == "none" else prefix)
+    save_state_dict(sd, args.dst)
+    return {"tensors": len(sd), "from_hf": int(source_hf)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    info = convert(args)
+    print(f"wrote {args.dst} ({info['tensors']} tensors, layout {args.to})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
