@@ -1,0 +1,32 @@
+# Cascade Mask R-CNN 3x (COCO) with a DiNAT-Base backbone.
+_base_ = [
+    "../_base_/cascade_mask_rcnn_nat_fpn.py",
+    "../_base_/coco_instance_ms_crop.py",
+    "../_base_/schedule_3x_adamw.py",
+    "../_base_/runtime.py",
+]
+
+model = dict(
+    backbone=dict(
+        type="DiNATBackbone",
+        embed_dim=128,
+        depths=[3, 4, 18, 5],
+        num_heads=[4, 8, 16, 32],
+        mlp_ratio=2.0,
+        kernel_size=7,
+        dilations=[
+            [1, 28, 1],
+            [1, 7, 1, 14],
+            [1, 3, 1, 5, 1, 7, 1, 3, 1, 5, 1, 7, 1, 3, 1, 5, 1, 7],
+            [1, 3, 1, 3, 1],
+        ],
+        drop_path_rate=0.6,
+        layer_scale=1e-05,
+        init_cfg=dict(
+            type="Pretrained",
+            checkpoint="https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_base_in1k_224.pth",
+        ),
+    ),
+    neck=dict(in_channels=[128, 256, 512, 1024]),
+)
+optim_wrapper = dict(optimizer=dict(lr=7.5e-05))

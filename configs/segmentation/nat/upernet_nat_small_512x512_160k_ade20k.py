@@ -1,0 +1,31 @@
+# UPerNet 160k (ADE20K, 512x512 crops) with a NAT-Small backbone.
+_base_ = [
+    "../_base_/upernet_nat.py",
+    "../_base_/ade20k.py",
+    "../_base_/schedule_160k_adamw.py",
+    "../_base_/runtime.py",
+]
+
+crop_size = (512, 512)
+data_preprocessor = dict(size=crop_size)
+model = dict(
+    data_preprocessor=data_preprocessor,
+    backbone=dict(
+        type="NATBackbone",
+        embed_dim=96,
+        depths=[3, 4, 18, 5],
+        num_heads=[3, 6, 12, 24],
+        mlp_ratio=2.0,
+        kernel_size=7,
+        drop_path_rate=0.5,
+        layer_scale=1e-05,
+        init_cfg=dict(
+            type="Pretrained",
+            checkpoint="https://shi-labs.com/projects/nat/checkpoints/CLS/nat_small.pth",
+        ),
+    ),
+    decode_head=dict(in_channels=[96, 192, 384, 768], num_classes=150),
+    auxiliary_head=dict(in_channels=384, num_classes=150),
+)
+# 8 GPUs x 2 images = the published batch of 16
+train_dataloader = dict(batch_size=2)

@@ -1,0 +1,124 @@
+"""Synthetic scenes of coloured shapes shared by the detection and segmentation demo datasets.
+
+Each scene is a noisy background with a few non-overlapping rectangles, ellipses and triangles;
+every shape comes with its class, polygon and exact pixel mask. Only numpy and Pillow are used, so
+the segmentation demo data can be generated without mmdet installed.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SHAPE_CLASSES: tuple[str, ...] = ("rectangle", "ellipse", "triangle")
+SHAPE_PALETTE: tuple[tuple[int, int, int], ...] = ((220, 60, 60), (60, 180, 75), (70, 110, 230))
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One shape of a scene: class index into SHAPE_CLASSES, polygon (x, y) and boolean mask."""
+
+    label: int
+    polygon: list[tuple[float, float]]
+    mask: np.ndarray
+
+    @property
+    def bbox_xywh(self) -> list[float]:
+        ys, xs = np.nonzero(self.mask)
+        x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+        return [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
+
+
+def _polygon(label: int, box: tuple[int, int, int, int], rng: np.random.Generator) -> list:
+    x0, y0, x1, y1 = box
+    if label == 0:
+        return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+    if label == 1:
+        cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2
+        angles = [2 * math.pi * i / 32 for i in range(32)]
+        return [(cx + rx * math.cos(a), cy + ry * math.sin(a)) for a in angles]
+    apex = float(rng.uniform(x0, x1))
+    return [(apex, y0), (x1, y1), (x0, y1)]
+
+
+def _overlaps(box: tuple[int, int, int, int], taken: list[tuple[int, int, int, int]]) -> bool:
+    margin = 2
+    return any(
+        box[0] < b[2] + margin
+        and b[0] < box[2] + margin
+        and box[1] < b[3] + margin
+        and b[1] < box[3] + margin
+        for b in taken
+    )
+
+
+def make_scene(
+    rng: np.random.Generator, height: int, width: int, max_shapes: int = 4
+) -> tuple[np.ndarray, list[Shape]]:
+    """Draw one scene; returns an RGB uint8 image (H, W, 3) and its shapes (at least one)."""
+    if height < 32 or width < 32:
+        raise ValueError(f"height and width must be >= 32, got {height}x{width}")
+    if max_shapes < 1:
+        raise ValueError(f"max_shapes must be >= 1, got {max_shapes}")
+    base = rng.integers(0, 255, size=3)
+    noise = rng.normal(0, 12, size=(height, width, 3))
+    image = Image.fromarray(np.clip(base * 0.5 + 40 + noise, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    shapes: list[Shape] = []
+    taken: list[tuple[int, int, int, int]] = []
+    wanted = int(rng.integers(1, max_shapes + 1))
+    side = min(height, width)
+    for _ in range(50 * wanted):
+        if len(shapes) == wanted:
+            break
+        w = int(rng.integers(side // 8, side // 2))
+        h = int(rng.integers(side // 8, side // 2))
+        x0 = int(rng.integers(0, width - w))
+        y0 = int(rng.integers(0, height - h))
+        box = (x0, y0, x0 + w, y0 + h)
+        if _overlaps(box, taken):
+            continue
+        label = int(rng.integers(0, len(SHAPE_CLASSES)))
+        polygon = _polygon(label, box, rng)
+        mask_img = Image.new("L", (width, height), 0)
+        ImageDraw.Draw(mask_img).polygon(polygon, fill=1)
+        mask = np.asarray(mask_img, dtype=bool)
+        if mask.sum() < 16:
+            continue
+        jitter = rng.integers(-30, 30, 3)
+        colour = tuple(int(c) for c in np.clip(np.array(SHAPE_PALETTE[label]) + jitter, 0, 255))
+        draw.polygon(polygon, fill=colour)
+        taken.append(box)
+        shapes.append(Shape(label, [(float(x), float(y)) for x, y in polygon], mask))
+    return np.asarray(image), shapes
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder and os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_image_atomic(path: Path, array: np.ndarray) -> None:
+    """Encode an image array by the file suffix (JPEG at quality 95, PNG lossless) atomically."""
+    buffer = io.BytesIO()
+    image = Image.fromarray(array)
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        image.save(buffer, format="JPEG", quality=95)
+    else:
+        image.save(buffer, format="PNG")
+    write_bytes_atomic(path, buffer.getvalue())

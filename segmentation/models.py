@@ -1,0 +1,22 @@
+"""Register natzoo's backbones in mmseg's ``MODELS`` (after preparing mmcv-lite).
+
+Import this module -- or name it in a config's ``custom_imports`` -- before ``mmseg.models`` is
+first imported: it installs the ``mmcv._ext`` stand-in when no compiled mmcv is present.
+"""
+
+from __future__ import annotations
+
+from detection.mmcv_compat import setup
+
+setup()
+
+from mmseg.registry import MODELS  # noqa: E402
+from mmseg.utils import register_all_modules  # noqa: E402
+
+from detection.backbones import DiNATBackbone, DiNATSBackbone, NATBackbone  # noqa: E402
+
+BACKBONES = (NATBackbone, DiNATBackbone, DiNATSBackbone)
+for _cls in BACKBONES:
+    MODELS.register_module(module=_cls, force=True)
+
+register_all_modules(init_default_scope=False)

@@ -1,0 +1,76 @@
+"""Argument handling of the train command lines (the Runner itself is exercised elsewhere)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("mmdet")
+pytest.importorskip("mmseg")
+
+from mmengine.runner import Runner
+
+from detection import train as det_train
+from segmentation import train as seg_train
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.fixture
+def captured(monkeypatch: pytest.MonkeyPatch) -> list:
+    seen: list = []
+
+    class FakeRunner:
+        def train(self) -> None:
+            seen.append("trained")
+
+    def from_cfg(cfg):
+        seen.append(cfg)
+        return FakeRunner()
+
+    monkeypatch.setattr(Runner, "from_cfg", staticmethod(from_cfg))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    return seen
+
+
+def test_detection_train_options(captured: list, tmp_path: Path) -> None:
+    config = CONFIGS / "detection/nat/mask_rcnn_nat_mini_3x_coco.py"
+    det_train.main(
+        [
+            str(config),
+            "--no-amp",
+            "--resume",
+            "--work-dir",
+            str(tmp_path),
+            "--cfg-options",
+            "train_dataloader.batch_size=4",
+        ]
+    )
+    cfg, done = captured
+    assert done == "trained"
+    assert cfg.optim_wrapper.type == "OptimWrapper" and "loss_scale" not in cfg.optim_wrapper
+    assert cfg.resume is True and cfg.load_from is None and cfg.work_dir == str(tmp_path)
+    assert cfg.train_dataloader.batch_size == 4 and cfg.launcher == "none"
+
+
+def test_segmentation_train_options(
+    captured: list, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun
+    config = CONFIGS / "segmentation/demo/upernet_nat_mini_demo.py"
+    seg_train.main([str(config), "--amp", "--resume", str(tmp_path / "iter_4.pth")])
+    cfg = captured[0]
+    assert cfg.optim_wrapper.type == "AmpOptimWrapper" and cfg.optim_wrapper.loss_scale == "dynamic"
+    assert cfg.resume is True and cfg.load_from == str(tmp_path / "iter_4.pth")
+    assert cfg.launcher == "pytorch"
+    assert cfg.work_dir == str(Path("work_dirs") / "upernet_nat_mini_demo")
+
+
+def test_auto_scale_lr_needs_a_base_batch(captured: list) -> None:
+    det_train.main([str(CONFIGS / "detection/demo/mask_rcnn_nat_mini_demo.py"), "--auto-scale-lr"])
+    assert captured[0].auto_scale_lr.enable is True
+    with pytest.raises(SystemExit, match="auto_scale_lr"):
+        seg_train.main(
+            [str(CONFIGS / "segmentation/demo/upernet_nat_mini_demo.py"), "--auto-scale-lr"]
+        )
