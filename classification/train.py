@@ -1,0 +1,90 @@
+"""nat-train: train a zoo model on ImageNet-style folders from one YAML config.
+
+nat-train --config configs/classification/nat_tiny.yaml --data /data/imagenet
+torchrun --nproc_per_node=8 -m classification.train --config ... --data ...
+nat-train --config ... --data ... --set optim.lr=5e-4 data.batch_size=64
+nat-train --config ... --data ... --resume auto
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .training.checkpoint import CheckpointError, load_training_checkpoint
+from .training.config import ConfigError, apply_overrides, config_to_yaml, load_config
+from .training.config import validate_config as _validate
+
+__all__ = ["main", "parse_args"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="nat-train", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--config", "-c", help="YAML config (may inherit with _base_)")
+    parser.add_argument(
+        "--data",
+        help="dataset root with train/ and val/ class folders, or 'synthetic' (sets data.path)",
+    )
+    parser.add_argument("--run-dir", help="run directory (sets run.dir)")
+    parser.add_argument(
+        "--resume",
+        help="checkpoint to continue from, or 'auto' for the latest in the run directory",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. optim.lr=5e-4",
+    )
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved config and exit"
+    )
+    parser.add_argument("extra", nargs="*", metavar="KEY=VALUE", help="more overrides")
+    return parser.parse_args(argv)
+
+
+def resolve_config(args: argparse.Namespace) -> tuple[dict, str]:
+    """The validated config and the run's default name (the config file's stem)."""
+    overrides = [*args.overrides, *args.extra]
+    if args.data:
+        overrides.append(f"data.path={args.data}")
+    if args.run_dir:
+        overrides.append(f"run.dir={args.run_dir}")
+    if args.config:
+        return load_config(args.config, overrides), Path(args.config).stem
+    if args.resume and args.resume != "auto":  # continue with the checkpoint's own config
+        cfg = load_training_checkpoint(args.resume)["config"]
+        apply_overrides(cfg, overrides)
+        _validate(cfg)
+        return cfg, Path(args.resume).parent.name
+    raise ConfigError("--config is required (unless --resume names a checkpoint file)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg, name = resolve_config(args)
+    except (ConfigError, CheckpointError) as err:
+        print(f"nat-train: error: {err}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(config_to_yaml(cfg), end="")
+        return 0
+    from .training.engine import train
+
+    try:
+        train(cfg, name, args.resume)
+    except (CheckpointError, FileNotFoundError, FileExistsError, ValueError) as err:
+        print(f"nat-train: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

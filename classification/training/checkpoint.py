@@ -1,0 +1,151 @@
+"""Training checkpoints: atomic writes, RNG state, discovery of the latest, clear errors for
+corrupt files. Everything saved loads with ``torch.load(weights_only=True)``."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "FORMAT",
+    "CheckpointError",
+    "atomic_save",
+    "capture_rng_state",
+    "checkpoint_name",
+    "list_checkpoints",
+    "load_training_checkpoint",
+    "prune_checkpoints",
+    "restore_rng_state",
+]
+
+FORMAT = "natzoo-train-1"
+_NAME = re.compile(r"^checkpoint-(\d+)\.pth$")
+_REQUIRED = ("format", "model", "optimizer", "scheduler", "epoch", "step", "config")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used (missing, truncated, corrupt or of another format)."""
+
+
+def checkpoint_name(step: int) -> str:
+    return f"checkpoint-{step:08d}.pth"
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Any], None]) -> None:
+    """Call write(file) on a temporary file beside `path`, fsync it, then rename it over `path`:
+    readers see either the old file or the complete new one, never a partial one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
+    """torch.save through a temporary file and os.replace."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch CPU and CUDA generator states as weights_only-loadable objects."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    np_state = state["numpy"]
+    np.random.set_state(
+        (
+            np_state["kind"],
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        if len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        else:
+            torch.cuda.set_rng_state(state["cuda"][0])
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def list_checkpoints(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """Periodic checkpoints in `run_dir`, oldest (lowest step) first."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def prune_checkpoints(run_dir: str | os.PathLike[str], keep: int) -> None:
+    """Delete all but the `keep` most recent periodic checkpoints (best.pth is never touched)."""
+    for path in list_checkpoints(run_dir)[:-keep]:
+        path.unlink(missing_ok=True)
+
+
+def load_training_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load and check a training checkpoint; raise CheckpointError with the reason and the other
+    checkpoints available in its directory when the file is unusable. Never deletes anything."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, bad pickle, wrong file type...
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else 'no detail'}); it was left in place. "
+            f"{_alternatives(path)}"
+        ) from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is not a natzoo training checkpoint (format {FORMAT!r}); to start from "
+            f"model weights use model.init_checkpoint={path}. {_alternatives(path)}"
+        )
+    missing = [k for k in _REQUIRED if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {missing}. {_alternatives(path)}")
+    return ckpt
+
+
+def _alternatives(path: Path) -> str:
+    others = [p.name for p in list_checkpoints(path.parent) if p != path]
+    if (path.parent / "best.pth").is_file() and path.name != "best.pth":
+        others.append("best.pth")
+    if not others:
+        return "No other checkpoint is in its directory."
+    return f"Other checkpoints in {path.parent}: {', '.join(others)} (pass one with --resume)."

@@ -1,0 +1,309 @@
+"""Datasets, samplers and loaders: ImageNet-style folders through timm's readers and transforms,
+or a learnable synthetic set for benchmarks. Training samples are augmented with random state
+derived from (seed, epoch, index), so a run resumed mid-epoch sees exactly the same batches."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from timm.data import ImageDataset, Mixup, auto_augment, create_transform
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+__all__ = [
+    "EpochSampler",
+    "Loaders",
+    "ShardSampler",
+    "SyntheticDataset",
+    "build_loaders",
+    "build_mixup",
+    "eval_transform",
+    "find_split",
+    "image_folder",
+]
+
+SYNTHETIC = "synthetic"
+_SPLIT_ALIASES = {"val": ("val", "validation", "valid"), "train": ("train", "training")}
+
+
+def find_split(root: str | Path, split: str) -> Path:
+    """The folder of `split` under `root` (accepting the usual aliases), or a clear error."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--data: dataset folder not found: {root}")
+    for name in _SPLIT_ALIASES.get(split, (split,)):
+        if (root / name).is_dir():
+            return root / name
+    found = sorted(p.name for p in root.iterdir() if p.is_dir())
+    raise FileNotFoundError(
+        f"--data: no '{split}' folder in {root} (expected {root}/{split}/<class>/<image>; "
+        f"sub-folders found: {found or 'none'})"
+    )
+
+
+def image_folder(split_dir: Path, transform: Any, class_to_idx: Mapping[str, int] | None = None):
+    """An ImageNet-style folder (one sub-folder per class) as a timm ImageDataset."""
+    dataset = ImageDataset(str(split_dir), class_map=dict(class_to_idx) if class_to_idx else None)
+    if len(dataset) == 0:
+        raise FileNotFoundError(f"--data: no images found under {split_dir}")
+    dataset.transform = transform
+    return dataset
+
+
+def class_mapping(dataset: ImageDataset) -> dict[str, int]:
+    return dict(dataset.reader.class_to_idx)
+
+
+class SyntheticDataset(Dataset):
+    """Learnable random images: a fixed low-frequency pattern per class plus per-sample noise.
+
+    Samples are normalised tensors generated from their index, so no decoding or augmentation
+    cost enters a throughput measurement and every process sees the same sample for an index."""
+
+    def __init__(self, size: int, num_classes: int, img_size: int, seed: int = 0) -> None:
+        self.size, self.num_classes, self.img_size, self.seed = size, num_classes, img_size, seed
+        gen = torch.Generator().manual_seed(seed)
+        self.templates = torch.randn(num_classes, 3, 8, 8, generator=gen)
+        self.labels = torch.randint(num_classes, (size,), generator=gen)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        label = int(self.labels[index])
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        pattern = torch.nn.functional.interpolate(
+            self.templates[label][None], size=(self.img_size,) * 2, mode="nearest"
+        )[0]
+        noise = torch.randn(3, self.img_size, self.img_size, generator=gen)
+        return pattern + noise, label
+
+
+def _sample_seed(seed: int, epoch: int, index: int) -> int:
+    return (seed * 1_000_003 + epoch * 7_919_993 + index * 2_654_435_761) % (2**31 - 1)
+
+
+class SeededDataset(Dataset):
+    """Wraps a dataset so that `dataset[(index, epoch)]` runs its transform under RNG state
+    derived from (seed, epoch, index), whichever worker loads it and whatever came before."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, epoch = key
+        if torch.utils.data.get_worker_info() is not None:
+            return self._load(index, epoch)
+        # loading in the main process: leave the training RNG streams as they were
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            try:
+                return self._load(index, epoch)
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
+
+    def _load(self, index: int, epoch: int):
+        sample_seed = _sample_seed(self.seed, epoch, index)
+        random.seed(sample_seed)
+        np.random.seed(sample_seed)
+        torch.default_generator.manual_seed(sample_seed)  # CPU stream only (transforms)
+        return self.dataset[index]
+
+
+class EpochSampler(Sampler):
+    """Shuffled, rank-sharded indices for one epoch, paired with the epoch for SeededDataset.
+
+    Equivalent to DistributedSampler(drop_last=False, shuffle=True) plus `skip`: the first
+    `skip` samples of this rank's share are left out, to resume in the middle of an epoch."""
+
+    def __init__(self, size: int, num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
+        self.size, self.num_replicas, self.rank, self.seed = size, num_replicas, rank, seed
+        self.num_samples = math.ceil(size / num_replicas)
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        if not 0 <= skip <= self.num_samples:
+            raise ValueError(f"skip must be in [0, {self.num_samples}], got {skip}")
+        self.epoch, self.skip = epoch, skip
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.size, generator=gen).tolist()
+        total = self.num_samples * self.num_replicas
+        order += order[: total - len(order)]  # pad so every rank gets as many samples
+        mine = order[self.rank : total : self.num_replicas]
+        return ((index, self.epoch) for index in mine[self.skip :])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.skip
+
+
+class ShardSampler(Sampler):
+    """One rank's evaluation indices, unpadded (rank, rank + world, ...): none counts twice."""
+
+    def __init__(self, size: int, num_replicas: int = 1, rank: int = 0) -> None:
+        self.indices = list(range(rank, size, num_replicas))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def eval_transform(img_size: int, crop_pct: float, interpolation: str, mean, std):
+    """Resize to img_size / crop_pct, centre crop img_size, normalise (timm's eval pipeline)."""
+    return create_transform(
+        img_size,
+        is_training=False,
+        interpolation=interpolation,
+        crop_pct=crop_pct,
+        mean=tuple(mean),
+        std=tuple(std),
+    )
+
+
+def _posterize_zero_safe(img, bits_to_keep, **_):
+    """timm's posterize with the pre-Pillow-11 meaning of 0 bits (a black image): RandAugment's
+    `inc1` posterize reaches 0 bits at magnitude 10 (m9 with mstd0.5 gets there), which current
+    Pillow rejects with a ValueError in the middle of an epoch."""
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def _patch_timm_posterize() -> None:
+    for name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
+        if name in auto_augment.NAME_TO_OP:
+            auto_augment.NAME_TO_OP[name] = _posterize_zero_safe
+
+
+def train_transform(cfg: Mapping[str, Any]):
+    data, aug = cfg["data"], cfg["aug"]
+    _patch_timm_posterize()
+    return create_transform(
+        data["img_size"],
+        is_training=True,
+        scale=tuple(aug["scale"]),
+        ratio=tuple(aug["ratio"]),
+        hflip=aug["hflip"],
+        vflip=aug["vflip"],
+        color_jitter=aug["color_jitter"],
+        auto_augment=aug["auto_augment"],
+        interpolation=data["train_interpolation"],
+        mean=tuple(data["mean"]),
+        std=tuple(data["std"]),
+        re_prob=aug["reprob"],
+        re_mode=aug["remode"],
+        re_count=aug["recount"],
+    )
+
+
+@dataclass
+class Loaders:
+    train: DataLoader
+    val: DataLoader
+    train_sampler: EpochSampler
+    num_classes: int
+    steps_per_epoch: int  # optimizer steps per epoch (after gradient accumulation)
+
+
+def _seed_worker(worker_id: int) -> None:  # samples reseed themselves; this covers the rest
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def build_loaders(cfg: Mapping[str, Any], world_size: int = 1, rank: int = 0) -> Loaders:
+    """Train/val loaders for `cfg['data']['path']` (an ImageNet-style folder or "synthetic")."""
+    data = cfg["data"]
+    path = data["path"]
+    if path is None:
+        raise ValueError("--data: no dataset given (a folder with train/ and val/, or 'synthetic')")
+    seed = cfg["train"]["seed"]
+    if path == SYNTHETIC:
+        num_classes = cfg["model"]["num_classes"] or 1000
+        train_set: Dataset = SyntheticDataset(
+            data["synthetic_train_size"], num_classes, data["img_size"], seed
+        )
+        val_set: Dataset = SyntheticDataset(
+            data["synthetic_val_size"], num_classes, data["img_size"], seed + 1
+        )
+    else:
+        train_set = image_folder(find_split(path, data["train_split"]), train_transform(cfg))
+        mapping = class_mapping(train_set)  # type: ignore[arg-type]
+        val_set = image_folder(
+            find_split(path, data["val_split"]),
+            eval_transform(
+                data["img_size"], data["crop_pct"], data["interpolation"], data["mean"], data["std"]
+            ),
+            mapping,
+        )
+        num_classes = cfg["model"]["num_classes"] or len(mapping)
+        if len(mapping) > num_classes:
+            raise ValueError(
+                f"model.num_classes={num_classes} but {path} has {len(mapping)} classes"
+            )
+    batch_size, accum = data["batch_size"], cfg["optim"]["accum_steps"]
+    sampler = EpochSampler(len(train_set), world_size, rank, seed)  # type: ignore[arg-type]
+    steps_per_epoch = sampler.num_samples // (batch_size * accum)
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"data.batch_size={batch_size} x optim.accum_steps={accum} exceeds the "
+            f"{sampler.num_samples} training samples per process: nothing to train on"
+        )
+    workers = data["workers"]
+    common = dict(
+        num_workers=workers,
+        pin_memory=data["pin_memory"] and torch.cuda.is_available(),
+        worker_init_fn=_seed_worker,
+        persistent_workers=workers > 0,
+        # a private generator: creating an iterator must not consume the global RNG stream
+        generator=torch.Generator().manual_seed(seed),
+    )
+    train = DataLoader(
+        SeededDataset(train_set, seed),
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=True,
+        **common,
+    )
+    val = DataLoader(
+        val_set,
+        batch_size=data["val_batch_size"] or 2 * batch_size,
+        sampler=ShardSampler(len(val_set), world_size, rank),  # type: ignore[arg-type]
+        **common,
+    )
+    return Loaders(train, val, sampler, num_classes, steps_per_epoch)
+
+
+def build_mixup(cfg: Mapping[str, Any], num_classes: int) -> Mixup | None:
+    """timm's batch Mixup/CutMix (with label smoothing folded into its targets), or None."""
+    aug = cfg["aug"]
+    if aug["mixup"] <= 0 and aug["cutmix"] <= 0:
+        return None
+    return Mixup(
+        mixup_alpha=aug["mixup"],
+        cutmix_alpha=aug["cutmix"],
+        prob=aug["mixup_prob"],
+        switch_prob=aug["mixup_switch_prob"],
+        mode=aug["mixup_mode"],
+        label_smoothing=aug["smoothing"],
+        num_classes=num_classes,
+    )

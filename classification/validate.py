@@ -1,0 +1,217 @@
+"""nat-validate: top-1 / top-5, loss and throughput of a model on an ImageNet-style val split.
+
+    nat-validate --model nat_tiny --pretrained --data /data/imagenet
+    nat-validate --model nat_tiny --checkpoint runs/nat_tiny/best.pth --data /data/imagenet
+    nat-validate --checkpoint runs/demo/best.pth --data demo_data   # model from the checkpoint
+
+Checkpoints: nat-train checkpoints (EMA weights with --ema), the published state dicts, the
+Hugging Face layout, safetensors: whatever the zoo's checkpoint filter reads."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from timm.data import resolve_data_config
+from torch.utils.data import DataLoader
+
+from .training.checkpoint import FORMAT, CheckpointError, atomic_write
+from .training.data import SYNTHETIC, SyntheticDataset, eval_transform, find_split, image_folder
+from .training.engine import autocast_for, evaluate
+from .training.model import register_zoo
+
+__all__ = ["main", "validate"]
+
+
+def _load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(
+            f"--checkpoint {path} cannot be read (corrupt or truncated? "
+            f"{type(err).__name__}: {str(err).splitlines()[0]})"
+        ) from err
+
+
+def build_for_validation(args: argparse.Namespace, num_classes: int | None):
+    """(model, model name, data hints) from --model / --checkpoint / --pretrained; the hints are
+    a nat-train checkpoint's evaluation settings (size, crop, interpolation, mean, std)."""
+    register_zoo()
+    hints: dict[str, Any] = {}
+    kwargs: dict[str, Any] = json.loads(args.model_kwargs) if args.model_kwargs else {}
+    name = args.model
+    state_dict = None
+    if args.checkpoint:
+        path = Path(args.checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(f"--checkpoint: file not found: {path}")
+        ckpt = _load(path)
+        if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:  # a nat-train checkpoint
+            cfg = ckpt["config"]
+            hints = {
+                k: cfg["data"][k] for k in ("img_size", "crop_pct", "interpolation", "mean", "std")
+            }
+            name = name or cfg["model"]["name"]
+            if name == cfg["model"]["name"] and not args.model_kwargs:
+                kwargs = dict(cfg["model"]["kwargs"])
+            num_classes = num_classes or ckpt.get("num_classes")
+            use_ema = args.ema and ckpt.get("ema") is not None
+            if args.ema and not use_ema:
+                print("--ema: the checkpoint has no EMA weights; using the model's", flush=True)
+            state_dict = ckpt["ema"] if use_ema else ckpt["model"]
+    if not name:
+        raise ValueError("--model is required (unless --checkpoint is a nat-train checkpoint)")
+    if not timm.is_model(name):
+        raise ValueError(f"--model: unknown model {name!r}")
+    create: dict[str, Any] = dict(kwargs)
+    if num_classes is not None:
+        create["num_classes"] = num_classes
+    if args.checkpoint and state_dict is None:
+        # any other format goes through the model's own pretrained loader and filter
+        create["pretrained_cfg_overlay"] = {"file": str(args.checkpoint)}
+        # timm drops a head whose size differs from the pretrained cfg's: say the file's size
+        head = args.checkpoint_num_classes or num_classes
+        if head:
+            create["pretrained_cfg_overlay"]["num_classes"] = head
+        model = timm.create_model(name, pretrained=True, **create)
+    else:
+        model = timm.create_model(name, pretrained=args.pretrained, **create)
+        if state_dict is not None:
+            model.load_state_dict(state_dict)
+    return model, name, hints
+
+
+def validate(args: argparse.Namespace) -> dict[str, Any]:
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
+    synthetic = args.data == SYNTHETIC
+    val_dir = None if synthetic else find_split(args.data, args.split)
+    classes = sum(1 for p in val_dir.iterdir() if p.is_dir()) if val_dir is not None else 0
+    model, name, hints = build_for_validation(args, args.num_classes)
+    model = model.to(device).eval()
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    data_cfg = resolve_data_config({}, model=model)
+    img_size = args.img_size or hints.get("img_size") or data_cfg["input_size"][-1]
+    crop_pct = args.crop_pct or hints.get("crop_pct") or data_cfg["crop_pct"]
+    interpolation = args.interpolation or hints.get("interpolation") or data_cfg["interpolation"]
+    mean, std = hints.get("mean", data_cfg["mean"]), hints.get("std", data_cfg["std"])
+    num_classes = model.num_classes if hasattr(model, "num_classes") else None
+    if synthetic:
+        dataset = SyntheticDataset(args.synthetic_size, num_classes or 1000, img_size)
+    else:
+        transform = eval_transform(img_size, crop_pct, interpolation, mean, std)
+        dataset = image_folder(val_dir, transform)
+        if classes and num_classes and classes > num_classes:
+            raise ValueError(
+                f"--data: {classes} class folders but the model has {num_classes} "
+                f"outputs (set --num-classes)"
+            )
+    loader = DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        pin_memory=device.type == "cuda",
+    )
+    if args.compile:
+        model = torch.compile(model)
+    with torch.no_grad(), autocast_for(device, args.amp):  # warm-up batch (kernels, compile)
+        images = next(iter(loader))[0][: args.batch_size].to(device)
+        model(images)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    metrics = evaluate(model, loader, device, args.amp, args.channels_last)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    result = {
+        "model": name,
+        "checkpoint": args.checkpoint,
+        "data": str(args.data),
+        "img_size": img_size,
+        "crop_pct": crop_pct,
+        "interpolation": interpolation,
+        "top1": round(metrics["top1"], 3),
+        "top5": round(metrics["top5"], 3),
+        "loss": round(metrics["loss"], 5),
+        "images": metrics["count"],
+        "images_per_s": round(metrics["count"] / elapsed, 1),
+        "device": str(device),
+        "amp": args.amp,
+    }
+    return result
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="nat-validate", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    p.add_argument("--model", help="model name (default: the nat-train checkpoint's)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="weights file (any format the zoo loads)")
+    src.add_argument("--pretrained", action="store_true", help="the published weights")
+    p.add_argument(
+        "--data", required=True, help="dataset root (or its val folder's parent), or 'synthetic'"
+    )
+    p.add_argument("--split", default="val", help="split folder under --data (default val)")
+    p.add_argument("--ema", action="store_true", help="use a nat-train checkpoint's EMA weights")
+    p.add_argument("--num-classes", type=int, help="classifier outputs (default: checkpoint's)")
+    p.add_argument(
+        "--checkpoint-num-classes",
+        type=int,
+        help="head size stored in --checkpoint when it differs from --num-classes",
+    )
+    p.add_argument("--model-kwargs", help="JSON of constructor kwargs, e.g. '{\"embed_dim\": 32}'")
+    p.add_argument("--img-size", type=int, help="input size (default: the model's)")
+    p.add_argument("--crop-pct", type=float, help="centre-crop fraction (default: the model's)")
+    p.add_argument("--interpolation", choices=("bilinear", "bicubic", "nearest"))
+    p.add_argument("--batch-size", "-b", type=int, default=128)
+    p.add_argument("--workers", "-j", type=int, default=4)
+    p.add_argument("--amp", choices=("bf16", "fp16", "none"), default="none")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--synthetic-size", type=int, default=1024, help="images with --data synthetic")
+    p.add_argument("--results-file", help="also write the result as JSON here")
+    args = p.parse_args(argv)
+    for name in ("batch_size", "synthetic_size", "img_size", "num_classes"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.workers < 0:
+        p.error(f"--workers must be >= 0, got {args.workers}")
+    if args.crop_pct is not None and not 0 < args.crop_pct <= 1:
+        p.error(f"--crop-pct must be in (0, 1], got {args.crop_pct}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        result = validate(args)
+    except (CheckpointError, FileNotFoundError, ValueError, RuntimeError) as err:
+        print(f"nat-validate: error: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"{result['model']}: top-1 {result['top1']:.2f}  top-5 {result['top5']:.2f}  "
+        f"loss {result['loss']:.4f}  ({result['images']} images, "
+        f"{result['images_per_s']:.1f} img/s on {result['device']})"
+    )
+    if args.results_file:
+        text = json.dumps(result, indent=2)
+        atomic_write(args.results_file, lambda f: f.write(text.encode()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

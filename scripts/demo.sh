@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The built-in demo: install the project (core dependencies only), generate the small
+# shapes/textures dataset, and train a small NAT on it from scratch on the CPU (a few minutes
+# on 2 cores). Prints the run directory (logs, checkpoints) at the end.
+# Usage: bash scripts/demo.sh [extra nat-train overrides, e.g. sched.epochs=10]
+# NAT_VENV picks the environment folder (default .venv); NAT_PYTHON the interpreter that creates it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv="${NAT_VENV:-.venv}"
+python="${NAT_PYTHON:-python3}"
+if [ ! -x "$venv/bin/python" ]; then
+    "$python" -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -e . 2>&1 \
+    | grep -v "^WARNING: Location" || true
+# One compute thread plus one data-loading worker fits 2 cores; more threads than free cores
+# slows the small operations of this model down many times. Override with OMP_NUM_THREADS.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+"$venv/bin/nat-demo-data" --out demo_data
+start=$(date +%s)
+"$venv/bin/nat-train" --config configs/classification/demo.yaml --data demo_data "$@"
+echo "demo training took $(( $(date +%s) - start ))s"
