@@ -6,14 +6,8 @@
 # NAT_VENV picks the environment folder (default .venv); NAT_PYTHON the interpreter that creates it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-venv="${NAT_VENV:-.venv}"
-python="${NAT_PYTHON:-python3}"
-if [ ! -x "$venv/bin/python" ]; then
-    "$python" -m venv "$venv"
-fi
-"$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
-"$venv/bin/python" -m pip install -q --disable-pip-version-check -e . 2>&1 \
-    | grep -v "^WARNING: Location" || true
+source scripts/_venv.sh
+pip_install -e .
 # One compute thread plus one data-loading worker fits 2 cores; more threads than free cores
 # slows the small operations of this model down many times. Override with OMP_NUM_THREADS.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"

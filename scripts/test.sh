@@ -4,16 +4,7 @@
 # NAT_VENV picks the environment folder (default .venv); NAT_PYTHON the interpreter that creates it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-venv="${NAT_VENV:-.venv}"
-python="${NAT_PYTHON:-python3}"
-if [ ! -x "$venv/bin/python" ]; then
-    "$python" -m venv "$venv"
-fi
-"$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
-pip_install() {
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check "$@" 2>&1 \
-        | { grep -v "^WARNING: Location" || true; }
-}
+source scripts/_venv.sh
 pip_install -e ".[dev,det,seg]"
 # The upstream natten package, for the cross-check tests. Without a GPU its sdist builds in seconds
 # (no CUDA kernels) against the torch installed above; with a GPU it would compile for an hour, so

@@ -1,0 +1,329 @@
+"""Fused neighborhood attention in Triton: forward and backward, 1-D/2-D/3-D, with RPB.
+
+Flash-style: attention weights never reach global memory; the forward keeps a running
+(max, sum) per query and saves the natural-log logsumexp; the backward recomputes the weights
+tile by tile: a dQ kernel over each query tile's keys (it also writes
+``delta = rowsum(dO * O)``), then a dK/dV kernel over each key tile's queries. Memory: O(N*D)
+plus the logsumexp; the backward allocates nothing of size N*K. Kernels compile on first use
+(Triton JIT), one variant per (kernel size, causal flags, head-dim block, dtype).
+
+Relative positional bias: read in fp32 whatever its dtype; its gradient is accumulated in fp32.
+
+Determinism: dQ, dK and dV never use atomics. The rpb gradient of 2-D calls on the one-hot path
+(a tile's key rows fit a key block: kernel width <= 25, or <= 9 when head_dim > 64) is always
+deterministic: each dQ program sums its pairs per bin with two one-hot matrix products and stores
+them to its own slice of a workspace, reduced afterwards by ``torch.sum``. Otherwise (1-D, 3-D,
+wider 2-D kernels) the rpb gradient uses atomic adds by default (low bits may vary); when
+``torch.are_deterministic_algorithms_enabled()`` is true, or the environment variable
+``NATTEN_EXT_DETERMINISTIC=1`` is set, they switch to per-program sums reduced in a fixed order
+(a slower backward).
+
+float32 inputs use IEEE float32 matrix products (no TF32) so the results meet float32 tolerances;
+``NATTEN_EXT_TRITON_TF32=1`` allows TF32 for speed.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+try:
+    import triton
+
+    from . import _triton_kernels as _k
+except ImportError:  # pragma: no cover - exercised only where triton is missing
+    triton = None
+    _k = None
+
+NAME = "triton"
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_ATOMIC_SPLIT = 16
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _prod3(values) -> int:
+    total = 1
+    for v in values:
+        total *= v
+    return total
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def is_available() -> bool:
+    """Triton importable and a CUDA device present (or Triton's CPU interpreter switched on)."""
+    if triton is None:
+        return False
+    return torch.cuda.is_available() or _interpreting()
+
+
+def unsupported_reason(query, key, value, rpb, kernel_size, dilation, is_causal) -> str | None:
+    if triton is None:
+        return "triton is not installed"
+    if query.device.type != "cuda" and not (_interpreting() and query.device.type == "cpu"):
+        return f"tensors are on {query.device.type}, the triton backend needs CUDA"
+    if query.dtype not in _DTYPES:
+        return f"dtype {query.dtype} not supported (float16, bfloat16, float32)"
+    if key.dtype != query.dtype or value.dtype != query.dtype:
+        return "query, key and value must share one dtype"
+    head_dim = query.shape[-1]
+    if head_dim % 16 != 0 or not 16 <= head_dim <= 128:
+        return f"head_dim {head_dim} not supported (16 to 128 in steps of 16)"
+    if len(kernel_size) not in (1, 2, 3):
+        return f"{len(kernel_size)}-D neighborhoods not supported (1, 2 or 3)"
+    if rpb is not None and rpb.device != query.device:
+        return "rpb is on another device than query"
+    return None
+
+
+def deterministic() -> bool:
+    """Whether the rpb gradient is summed in a fixed order (no atomics)."""
+    env = os.environ.get("NATTEN_EXT_DETERMINISTIC", "0") == "1"
+    return env or torch.are_deterministic_algorithms_enabled()
+
+
+def _as6d(x: torch.Tensor, ndim: int) -> torch.Tensor:
+    """[B, *spatial, H, D] -> a [B, S0, S1, S2, H, D] view (size-1 leading axes), unit D stride."""
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    for _ in range(3 - ndim):
+        x = x.unsqueeze(1)
+    return x
+
+
+def _pad3(values, fill) -> tuple:
+    return (fill,) * (3 - len(values)) + tuple(values)
+
+
+def _tiles(ndim: int) -> tuple[int, int, int]:
+    return {1: (1, 1, 64), 2: (1, 8, 8), 3: (4, 4, 4)}[ndim]
+
+
+# Overrides for tuning experiments (keys of ``_config``'s result); empty in normal use.
+_TUNE: dict = {}
+
+
+def _config(ndim: int, head_dim: int) -> dict:
+    block_d = _pow2(head_dim)
+    # Chosen from the measurements in docs/benchmarks.md (H200, bf16).
+    cfg = {
+        "tiles": _tiles(ndim),
+        "block_n_fwd": 64 if block_d <= 64 and ndim == 1 else 32,  # keys per step (forward)
+        "block_n": 64 if block_d <= 64 else 32,  # keys per step (dQ)
+        "block_m": 64 if block_d <= 64 else 32,  # queries per step (dK/dV)
+        "block_d": block_d,
+        "warps_fwd": 4 if block_d <= 64 else 8,
+        "warps_dq": 4 if block_d <= 64 else 8,
+        "warps_dkdv": 4 if block_d <= 64 else 8,
+        "stages": 2,
+        "stages_dkdv": 1,
+        "bias_dot_fwd": False,  # the plain rpb gather measured faster in the forward
+    }
+    cfg.update(_TUNE)
+    return cfg
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    if dtype == torch.float32 and os.environ.get("NATTEN_EXT_TRITON_TF32", "0") != "1":
+        return "ieee"
+    return "tf32"
+
+
+def _grid_tiles(spatial, dilation, tiles) -> int:
+    total = 1
+    for length, dil, t in zip(spatial, dilation, tiles):
+        total *= dil * _cdiv(_cdiv(length, dil), t)
+    return total
+
+
+@functools.lru_cache(maxsize=512)
+def _max_query_extent(length: int, k: int, dil: int, tile: int, causal: bool) -> int:
+    """Largest number of query positions (one axis, group coordinates) a key tile can receive
+    from; mirrors ``_query_range`` in the kernels."""
+    widest = 1
+    for g in range(dil):
+        lg = -(-(length - g) // dil)
+        for y0 in range(0, lg, tile):
+            y1 = min(y0 + tile, lg) - 1
+            if causal:
+                lo, hi = y0, min(y1 + k, lg)
+            else:
+                lo = 0 if y0 <= k - 1 else y0 - k + 1 + k // 2
+                hi = lg if y1 >= lg - k else y1 + k // 2 + 1
+            widest = max(widest, hi - lo)
+    return widest
+
+
+def _bias_plan(ndim, ks, dil, causal, sp, cfg, has_rpb) -> dict:
+    """Constexprs of the 2-D one-hot bias path (``_bias_block``), or the plain-gather fallback."""
+    _, t1, t2 = cfg["tiles"]
+    plan = {"rp2": t2 + ks[2] - 1, "dot": False, "bu": 16, "qp2": 1, "eq1": 1, "dot_kv": False,
+            "bu_kv": 16}  # fmt: skip
+    if not has_rpb or ndim != 2:
+        return plan
+    pitch = _pow2(t2 + ks[2] - 1)
+    if t1 * (cfg["block_n"] // pitch) >= 16:
+        rows = cfg["block_n"] // pitch
+        nblk = _cdiv((t1 + ks[1] - 1) * pitch, cfg["block_n"])
+        bu = max(16, _pow2(nblk * rows + t1 - 1))
+        plan.update(rp2=pitch, dot=True, bu=bu)
+    qp2 = _pow2(_max_query_extent(sp[2], ks[2], dil[2], t2, causal[2]))
+    eq1 = _max_query_extent(sp[1], ks[1], dil[1], t1, causal[1])
+    if t1 * (cfg["block_m"] // qp2) >= 16:
+        bu_kv = max(16, _pow2(t1 + eq1 - 1))
+        plan.update(qp2=qp2, eq1=eq1, dot_kv=True, bu_kv=bu_kv)
+    return plan
+
+
+def _bias_precision(dtype: torch.dtype) -> str:
+    # one-hot products select rpb values: 3xTF32 keeps them float32-exact for float32 inputs
+    return "tf32x3" if dtype == torch.float32 else "tf32"
+
+
+def _strides5(x: torch.Tensor) -> tuple[int, ...]:
+    return (x.stride(0), x.stride(1), x.stride(2), x.stride(3), x.stride(4))
+
+
+def _rpb_table(rpb: torch.Tensor | None, heads: int, q: torch.Tensor) -> torch.Tensor:
+    if rpb is None:
+        return q.new_empty(1, 1, dtype=torch.float32)
+    # Pre-scaled by log2(e): the kernels work with exp2.
+    return (rpb.detach().to(torch.float32).reshape(heads, -1) * _k.LOG2E).contiguous()
+
+
+def _common(query, kernel_size, dilation, is_causal):
+    ndim = len(kernel_size)
+    spatial = tuple(query.shape[1 : 1 + ndim])
+    ks = _pad3(kernel_size, 1)
+    dil = _pad3(dilation, 1)
+    causal = _pad3(is_causal, False)
+    sp = _pad3(spatial, 1)
+    return ndim, ks, dil, causal, sp
+
+
+@functools.lru_cache(maxsize=1024)
+def _launch_plan(ndim, ks, dil, causal, sp, head_dim, has_rpb, dtype, det, tune) -> dict:
+    """Everything about the launches that depends only on the call's configuration (cached)."""
+    cfg = _config(ndim, head_dim)
+    t0, t1, t2 = cfg["tiles"]
+    ntiles = _grid_tiles(sp, dil, cfg["tiles"])
+    common = dict(
+        HEAD_DIM=head_dim, BLOCK_D=cfg["block_d"],
+        K0=ks[0], K1=ks[1], K2=ks[2], C0=causal[0], C1=causal[1], C2=causal[2],
+        T0=t0, T1=t1, T2=t2, HAS_RPB=has_rpb, DOT_PREC=_dot_precision(dtype),
+    )  # fmt: skip
+    bias_prec = _bias_precision(dtype)
+
+    fwd_cfg = {**cfg, "block_n": cfg["block_n_fwd"]}
+    fp = _bias_plan(ndim, ks, dil, causal, sp, fwd_cfg, has_rpb)
+    if not cfg["bias_dot_fwd"]:
+        fp.update(rp2=t2 + ks[2] - 1, dot=False)
+    fwd = dict(common, BLOCK_N=fwd_cfg["block_n"], RP2=fp["rp2"], BIAS_DOT=fp["dot"],
+               BU=fp["bu"], BIAS_PREC=bias_prec, num_warps=cfg["warps_fwd"],
+               num_stages=cfg["stages"])  # fmt: skip
+
+    plan = _bias_plan(ndim, ks, dil, causal, sp, cfg, has_rpb)
+    mode, block_bias, bw = 0, 16, 16
+    if has_rpb:
+        if plan["dot"]:
+            mode = 3
+            bw = max(16, _pow2(plan["rp2"] + t2 - 1))
+        elif det:
+            mode, block_bias = 2, _pow2(_prod3(2 * k - 1 for k in ks))
+        else:
+            mode = 1
+    dq = dict(common, BLOCK_N=cfg["block_n"], DRPB_MODE=mode, BLOCK_BIAS=block_bias,
+              RP2=plan["rp2"], BU=plan["bu"], BW=bw, BIAS_PREC=bias_prec, BIAS_DOT=plan["dot"],
+              num_warps=cfg["warps_dq"], num_stages=cfg["stages"])  # fmt: skip
+    dkdv = dict(common, BLOCK_M=cfg["block_m"], BIAS_DOT=plan["dot_kv"], QP2=plan["qp2"],
+                EQ1=plan["eq1"], BU=plan["bu_kv"], BIAS_PREC=bias_prec,
+                num_warps=cfg["warps_dkdv"], num_stages=cfg["stages_dkdv"])  # fmt: skip
+    return {"ntiles": ntiles, "fwd": fwd, "dq": dq, "dkdv": dkdv, "mode": mode,
+            "block_bias": block_bias}  # fmt: skip
+
+
+def _plan_for(query, rpb, kernel_size, dilation, is_causal, det=False):
+    ndim, ks, dil, causal, sp = _common(query, kernel_size, dilation, is_causal)
+    plan = _launch_plan(
+        ndim, ks, dil, causal, sp, query.shape[-1], rpb is not None, query.dtype, det,
+        tuple(sorted(_TUNE.items())),
+    )  # fmt: skip
+    return ndim, sp, dil, plan
+
+
+def forward(query, key, value, rpb, kernel_size, dilation, is_causal, scale):
+    """Returns ``out`` [B, *spatial, H, D] (query's dtype) and ``lse`` [B, *spatial, H] fp32."""
+    ndim, sp, dil, plan = _plan_for(query, rpb, kernel_size, dilation, is_causal)
+    batch, heads = query.shape[0], query.shape[-2]
+    q6, k6, v6 = (_as6d(t, ndim) for t in (query, key, value))
+    out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
+    lse = torch.empty(query.shape[:-1], dtype=torch.float32, device=query.device)
+    o6 = _as6d(out, ndim)
+    l5 = lse.reshape(batch, *sp, heads)
+    table = _rpb_table(rpb, heads, query)
+    _k._na_fwd_kernel[(plan["ntiles"] * batch * heads,)](
+        q6, k6, v6, o6, l5, table,
+        *_strides5(q6), *_strides5(k6), *_strides5(v6), *_strides5(o6), *l5.stride(),
+        heads, plan["ntiles"], *sp, *dil, scale * _k.LOG2E, **plan["fwd"],
+    )  # fmt: skip
+    return out, lse
+
+
+def backward(grad_out, query, key, value, rpb, out, lse, kernel_size, dilation, is_causal, scale):
+    """Returns ``dq, dk, dv`` (input dtypes) and ``drpb`` (rpb's dtype) or None."""
+    det = rpb is not None and deterministic()
+    ndim, sp, dil, plan = _plan_for(query, rpb, kernel_size, dilation, is_causal, det)
+    batch, heads = query.shape[0], query.shape[-2]
+    q6, k6, v6, g6, o6 = (_as6d(t, ndim) for t in (query, key, value, grad_out, out))
+    l5 = lse.reshape(batch, *sp, heads).contiguous()
+    delta = torch.empty_like(l5)  # written by the dQ kernel (same layout as l5: one stride set)
+    dq = torch.empty(query.shape, dtype=query.dtype, device=query.device)
+    dk = torch.empty(key.shape, dtype=key.dtype, device=key.device)
+    dv = torch.empty(value.shape, dtype=value.dtype, device=value.device)
+    table = _rpb_table(rpb, heads, query)
+    nbias = table.shape[1]
+    ntiles, mode, block_bias = plan["ntiles"], plan["mode"], plan["block_bias"]
+    grid = (ntiles * batch * heads,)  # one flat axis: no 65535 limit on batch * heads
+    device = query.device
+    if mode == 1:
+        work = torch.zeros(_ATOMIC_SPLIT, heads, nbias, dtype=torch.float32, device=device)
+    elif mode == 2:
+        work = torch.empty(ntiles, batch * heads, block_bias, dtype=torch.float32, device=device)
+    elif mode == 3:
+        work = torch.zeros(ntiles, batch * heads, nbias, dtype=torch.float32, device=device)
+    else:
+        work = table
+    _k._na_bwd_dq_kernel[grid](
+        q6, k6, v6, g6, o6, l5, delta, dq, table, work,
+        *_strides5(q6), *_strides5(k6), *_strides5(v6), *_strides5(g6), *_strides5(o6),
+        *l5.stride(),
+        heads, ntiles, *sp, *dil, scale * _k.LOG2E, scale, _ATOMIC_SPLIT, **plan["dq"],
+    )  # fmt: skip
+    _k._na_bwd_dkdv_kernel[grid](
+        q6, k6, v6, g6, l5, delta, dk, dv, table,
+        *_strides5(q6), *_strides5(k6), *_strides5(v6), *_strides5(g6), *l5.stride(),
+        heads, ntiles, *sp, *dil, scale * _k.LOG2E, scale, **plan["dkdv"],
+    )  # fmt: skip
+
+    drpb = None
+    if mode == 1:
+        drpb = work.sum(0)
+    elif mode == 2:
+        drpb = work.reshape(ntiles * batch, heads, block_bias).sum(0)[:, :nbias]
+    elif mode == 3:
+        drpb = work.reshape(ntiles * batch, heads, nbias).sum(0)
+    if drpb is not None:
+        drpb = drpb.reshape(rpb.shape).to(rpb.dtype)
+    return dq, dk, dv, drpb

@@ -1,0 +1,340 @@
+"""Benchmark the fused Triton neighborhood-attention backend against its baselines on one GPU.
+
+Cases (bf16 unless told): NAT-Tiny's four levels (batch 128, head_dim 32, kernel 7, RPB on) and
+DiNAT's dilations at the same shapes; a 1-D case (8 x 8192 tokens, 8 heads, head_dim 64, kernel
+255) and a 3-D case (4 x 16x32x32, 4 heads, head_dim 32, kernel 7x7x7). Each case times, in the
+same process: the triton backend, the reference backend (2-D levels), Swin-style 7x7 blocked
+window attention through SDPA on the same tensors (with and without its relative-position bias),
+full self-attention through SDPA, and compiled ``flex_attention`` with a neighborhood block mask
+(and an RPB ``score_mod`` where the case has RPB). Forward alone and forward+backward, median of
+``triton.testing.do_bench``. Prints a table; ``--json PATH`` also writes every figure.
+
+Usage: python scripts/bench_na.py [--json out.json] [--only nat,dinat,1d,3d] [--no-flex] [--graphs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import natten_ext
+
+NAT_LEVELS = [(56, 2), (28, 4), (14, 8), (7, 16)]
+DINAT_DILATION = {56: 8, 28: 4, 14: 2, 7: 1}
+
+
+def bench(fn: Callable[[], object], quick: bool = False) -> float:
+    """Median milliseconds of ``fn`` (device events, after warm-up)."""
+    import triton.testing
+
+    fn()
+    torch.cuda.synchronize()
+    if quick:  # slow baselines: a few runs are enough
+        times = []
+        for _ in range(5):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        return sorted(times)[len(times) // 2]
+    return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
+
+
+def graphed(step: Callable[[], object]) -> Callable[[], None]:
+    """``step`` captured in a CUDA graph (after warm-up on a side stream): replays measure GPU
+    time without the Python/launch overhead of the eager call."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
+
+
+def fwd_bwd(run: Callable[[], torch.Tensor], leaves: list[torch.Tensor], grad: torch.Tensor):
+    def step():
+        for t in leaves:
+            t.grad = None
+        run().backward(grad)
+
+    return step
+
+
+# ------------------------------------------------------------------------------------ baselines
+def window_partition(x: torch.Tensor, w: int) -> torch.Tensor:
+    """[B, H, W, heads, D] -> [B * nH * nW, heads, w*w, D] (Swin's partition)."""
+    b, h, wd, heads, d = x.shape
+    x = x.view(b, h // w, w, wd // w, w, heads, d).permute(0, 1, 3, 5, 2, 4, 6)
+    return x.reshape(-1, heads, w * w, d)
+
+
+def window_reverse(x: torch.Tensor, w: int, shape: torch.Size) -> torch.Tensor:
+    b, h, wd, heads, d = shape
+    x = x.view(b, h // w, wd // w, heads, w, w, d).permute(0, 1, 4, 2, 5, 3, 6)
+    return x.reshape(shape)
+
+
+@functools.lru_cache(maxsize=8)
+def _swin_index(w: int, device: torch.device) -> torch.Tensor:
+    coords = torch.stack(
+        torch.meshgrid(torch.arange(w), torch.arange(w), indexing="ij"), 0
+    ).flatten(1)
+    rel = (coords[:, None, :] - coords[:, :, None]).permute(1, 2, 0) + (w - 1)
+    return (rel[..., 0] * (2 * w - 1) + rel[..., 1]).to(device)
+
+
+def swin_bias(table: torch.Tensor, w: int) -> torch.Tensor:
+    """Swin-style [heads, w*w, w*w] bias gathered from a [heads, 2w-1, 2w-1] table."""
+    return table.flatten(1)[:, _swin_index(w, table.device)]
+
+
+def window_attention(q, k, v, table, w: int):
+    qw, kw, vw = (window_partition(t, w) for t in (q, k, v))
+    mask = swin_bias(table, w).unsqueeze(0).to(q.dtype) if table is not None else None
+    out = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=mask)
+    return window_reverse(out, w, q.shape)
+
+
+def full_attention(q, k, v):
+    heads_first = [t.flatten(1, -3).transpose(1, 2) for t in (q, k, v)]
+    out = F.scaled_dot_product_attention(*heads_first)
+    return out.transpose(1, 2).reshape(q.shape)
+
+
+def _axis_in_window(qi, ki, length: int, k: int, d: int, causal: bool):
+    g = qi % d
+    qp, kp = qi // d, ki // d
+    same = (ki % d) == g
+    if causal:
+        return same & (kp <= qp) & (kp > qp - k)
+    lg = (length - g + d - 1) // d
+    start = torch.minimum(torch.clamp(qp - k // 2, min=0), lg - k)
+    return same & (kp >= start) & (kp < start + k)
+
+
+def _stride(ks, axis: int) -> int:
+    return math.prod(2 * k - 1 for k in ks[axis + 1 :])
+
+
+def flex_na(spatial, ks, dil, table):
+    """(block mask, score_mod) on row-major flattened tokens; ``table`` is the flat rpb."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    ndim = len(spatial)
+    strides = [math.prod(spatial[a + 1 :]) for a in range(ndim)]
+
+    def coords(idx):
+        return [(idx // strides[a]) % spatial[a] for a in range(ndim)]
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        qc, kc = coords(q_idx), coords(kv_idx)
+        ok = _axis_in_window(qc[0], kc[0], spatial[0], ks[0], dil[0], False)
+        for a in range(1, ndim):
+            ok = ok & _axis_in_window(qc[a], kc[a], spatial[a], ks[a], dil[a], False)
+        return ok
+
+    n = math.prod(spatial)
+    block_mask = create_block_mask(mask_mod, None, None, n, n, device="cuda")
+    score_mod = None
+    if table is not None:
+        bins = math.prod(2 * k - 1 for k in ks)
+        bias_strides = [_stride(ks, a) for a in range(ndim)]  # plain ints: nothing to trace
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            qc, kc = coords(q_idx), coords(kv_idx)
+            index = h * bins
+            for a in range(ndim):
+                p = (ks[a] - 1) + (kc[a] - qc[a]) // dil[a]
+                index = index + torch.clamp(p, 0, 2 * ks[a] - 2) * bias_strides[a]
+            return score + table[index].to(score.dtype)  # one gather from a flat leaf
+
+    return block_mask, score_mod
+
+
+_FLEX = None
+
+
+def reset_flex() -> None:
+    """A fresh compiled flex_attention per case: no recompile-limit fallback to the eager path."""
+    global _FLEX
+    from torch.nn.attention.flex_attention import flex_attention as fa
+
+    torch._dynamo.reset()
+    torch._dynamo.config.recompile_limit = 64
+    _FLEX = torch.compile(fa, dynamic=False)
+
+
+def flex_attention(q, k, v, block_mask, score_mod):
+    heads_first = [t.flatten(1, -3).transpose(1, 2) for t in (q, k, v)]
+    out = _FLEX(*heads_first, score_mod=score_mod, block_mask=block_mask)
+    return out.transpose(1, 2).reshape(q.shape)
+
+
+# ----------------------------------------------------------------------------------------- cases
+def na_call(ndim: int):
+    return {1: natten_ext.na1d, 2: natten_ext.na2d, 3: natten_ext.na3d}[ndim]
+
+
+def run_case(name, batch, spatial, heads, dim, ks, dil, rpb_on, opts, dtype=torch.bfloat16):
+    ndim = len(spatial)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    shape = (batch, *spatial, heads, dim)
+    q, k, v, g = (torch.randn(shape, device="cuda", dtype=dtype, generator=gen) for _ in range(4))
+    table = None
+    if rpb_on:
+        table = 0.02 * torch.randn(heads, *(2 * x - 1 for x in ks), device="cuda", generator=gen)
+    leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
+    tleaf = table.detach().requires_grad_(True) if table is not None else None
+    fn = na_call(ndim)
+    row: dict[str, object] = {"case": name, "shape": list(shape), "kernel": list(ks),
+                              "dilation": list(dil), "rpb": rpb_on}  # fmt: skip
+
+    def timed(label, fwd, bwd_run, bwd_leaves, quick=False):
+        try:
+            with torch.no_grad():
+                row[f"{label}_fwd"] = bench(fwd, quick)
+            row[f"{label}_fwdbwd"] = bench(fwd_bwd(bwd_run, bwd_leaves, g), quick)
+            if opts.graphs and not quick and label != "flex":
+                row[f"{label}_graph_fwdbwd"] = bench(graphed(fwd_bwd(bwd_run, bwd_leaves, g)))
+        except Exception as exc:  # report and go on: one failing baseline must not hide the rest
+            row[f"{label}_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        torch.cuda.empty_cache()
+
+    all_leaves = leaves + ([tleaf] if tleaf is not None else [])
+    with natten_ext.use_backend("triton"):
+        timed(
+            "triton",
+            lambda: fn(q, k, v, ks, dil, rpb=table),
+            lambda: fn(*leaves, ks, dil, rpb=tleaf),
+            all_leaves,
+        )
+    if opts.reference and ndim == 2:
+        with natten_ext.use_backend("reference"):
+            timed(
+                "reference",
+                lambda: fn(q, k, v, ks, dil, rpb=table),
+                lambda: fn(*leaves, ks, dil, rpb=tleaf),
+                all_leaves,
+                quick=True,
+            )
+    if ndim == 2 and all(s % 7 == 0 for s in spatial) and dil == (1, 1):
+        timed(
+            "window",
+            lambda: window_attention(q, k, v, table, 7),
+            lambda: window_attention(*leaves, tleaf, 7),
+            all_leaves,
+        )
+        timed(
+            "window_nobias",
+            lambda: window_attention(q, k, v, None, 7),
+            lambda: window_attention(*leaves, None, 7),
+            leaves,
+        )
+    timed("sdpa_full", lambda: full_attention(q, k, v), lambda: full_attention(*leaves), leaves)
+    if opts.flex:
+        try:
+            t0 = time.perf_counter()
+            reset_flex()
+            flat = table.reshape(-1) if table is not None else None
+            flat_leaf = flat.detach().requires_grad_(True) if flat is not None else None
+            block_mask, score_mod = flex_na(spatial, ks, dil, flat)
+            _, score_mod_train = flex_na(spatial, ks, dil, flat_leaf)
+            flex_leaves = leaves + ([flat_leaf] if flat_leaf is not None else [])
+            timed(
+                "flex",
+                lambda: flex_attention(q, k, v, block_mask, score_mod),
+                lambda: flex_attention(*leaves, block_mask, score_mod_train),
+                flex_leaves,
+            )
+            row["flex_setup_s"] = time.perf_counter() - t0
+        except Exception as exc:
+            row["flex_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, help="write all figures to this file")
+    parser.add_argument("--only", default="nat,dinat,1d,3d", help="comma-separated case groups")
+    parser.add_argument("--no-flex", dest="flex", action="store_false")
+    parser.add_argument("--no-reference", dest="reference", action="store_false")
+    parser.add_argument(
+        "--graphs", action="store_true", help="also time fwd+bwd replayed from a CUDA graph"
+    )
+    opts = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_na.py needs a CUDA device")
+    groups = set(opts.only.split(","))
+    rows = []
+    meta = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": __import__("triton").__version__,
+        "deterministic": os.environ.get("NATTEN_EXT_DETERMINISTIC", "0"),
+    }
+    print(json.dumps(meta), flush=True)
+    if "nat" in groups:
+        for size, heads in NAT_LEVELS:
+            rows.append(run_case(f"nat {size}x{size}/{heads}", 128, (size, size), heads, 32,
+                                 (7, 7), (1, 1), True, opts))  # fmt: skip
+    if "dinat" in groups:
+        for size, heads in NAT_LEVELS:
+            d = DINAT_DILATION[size]
+            rows.append(run_case(f"dinat {size}x{size}/{heads} d{d}", 128, (size, size), heads,
+                                 32, (7, 7), (d, d), True, opts))  # fmt: skip
+    if "1d" in groups:
+        rows.append(run_case("1d 8192 k255", 8, (8192,), 8, 64, (255,), (1,), False, opts))
+    if "3d" in groups:
+        rows.append(run_case("3d 16x32x32 k7", 4, (16, 32, 32), 4, 32, (7, 7, 7), (1, 1, 1),
+                             False, opts))  # fmt: skip
+    if opts.json:
+        tmp = opts.json.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+        os.replace(tmp, opts.json)
+    labels = ["triton", "reference", "window", "window_nobias", "sdpa_full", "flex"]
+    print(f"\n{'case':28s}" + "".join(f"{lab:>22s}" for lab in labels))
+    for row in rows:
+        cells = []
+        for lab in labels:
+            if f"{lab}_fwd" in row:
+                cells.append(
+                    f"{row[f'{lab}_fwd']:8.3f} /{row.get(f'{lab}_fwdbwd', float('nan')):9.3f}"
+                )
+            elif f"{lab}_error" in row:
+                cells.append("error")
+            else:
+                cells.append("-")
+        print(f"{row['case']:28s}" + "".join(f"{c:>22s}" for c in cells))
+    print("(ms: forward / forward+backward, medians)")
+    if opts.graphs:
+        print(f"\n{'case':28s}" + "".join(f"{lab:>16s}" for lab in labels))
+        for row in rows:
+            cells = [row.get(f"{lab}_graph_fwdbwd") for lab in labels]
+            print(
+                f"{row['case']:28s}"
+                + "".join(f"{c:16.3f}" if c is not None else f"{'-':>16s}" for c in cells)
+            )
+        print("(ms: forward+backward replayed from a CUDA graph, medians)")
+
+
+if __name__ == "__main__":
+    main()
