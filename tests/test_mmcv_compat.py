@@ -206,7 +206,7 @@ def test_stand_in_runs_on_cuda_like_on_cpu() -> None:
     rois = torch.cat([torch.tensor([0.0, 1.0] * 50)[:, None], boxes[:100] / 2], 1)
     grads = []
     for device in ("cpu", "cuda"):
-        x = feats.to(device).requires_grad_(True)
+        x = feats.to(device, copy=True).requires_grad_(True)
         out = roi_align(x, rois.to(device), (7, 7), 0.5, 2, "avg", True)
         out.square().sum().backward()
         grads.append((out.detach().cpu(), x.grad.cpu()))
