@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor
 
 from .backends import reference
 from .dispatch import select_backend
+from .ops import neighborhood_attention
 from .utils import checks
 from .utils.checks import BoolOrTuple, IntOrTuple
 
@@ -32,10 +32,7 @@ def _fused(
     checks.check_rpb(rpb, query.shape[-2], ks, causal, query)
     scale = checks.check_scale(scale, query.shape[-1])
     backend = select_backend(query, key, value, rpb, ks, dil, causal)
-    out, _ = torch.ops.natten_ext.na_forward(
-        query, key, value, rpb, list(ks), list(dil), [int(c) for c in causal], scale, backend
-    )
-    return out
+    return neighborhood_attention(query, key, value, rpb, ks, dil, causal, scale, backend)
 
 
 def na1d(

@@ -108,3 +108,59 @@ def _backward(ctx, grad_out, grad_lse):
 
 
 na_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _EagerNA(torch.autograd.Function):
+    """The same computation as ``na_forward`` without the custom-op dispatch layers.
+
+    Eager calls take this path: it saves about 0.2 ms of host time per forward+backward, which is
+    most of a small map's step on a GPU. Compilation, tracing and dispatch modes (FLOP counters,
+    fake tensors) see the registered custom op instead.
+    """
+
+    @staticmethod
+    def forward(ctx, query, key, value, rpb, kernel_size, dilation, is_causal, scale, backend):
+        module = backend_module(backend)
+        out, lse = module.forward(query, key, value, rpb, kernel_size, dilation, is_causal, scale)
+        ctx.save_for_backward(query, key, value, rpb, out, lse)
+        ctx.window = (kernel_size, dilation, is_causal, scale, backend)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        query, key, value, rpb, out, lse = ctx.saved_tensors
+        kernel_size, dilation, is_causal, scale, backend = ctx.window
+        dq, dk, dv, drpb = backend_module(backend).backward(
+            grad_out, query, key, value, rpb, out, lse, kernel_size, dilation, is_causal, scale
+        )
+        return dq, dk, dv, drpb, None, None, None, None, None
+
+
+def _graph_capture_active() -> bool:
+    """Compiling, tracing, or a dispatch mode (FLOP counter, fake tensors) is watching."""
+    return (
+        torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
+        or torch._C._len_torch_dispatch_stack() > 0
+    )
+
+
+def neighborhood_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    rpb: Tensor | None,
+    kernel_size: tuple[int, ...],
+    dilation: tuple[int, ...],
+    is_causal: tuple[bool, ...],
+    scale: float,
+    backend: str,
+) -> Tensor:
+    """Fused neighborhood attention on validated arguments, differentiable, through ``backend``."""
+    if _graph_capture_active():
+        out, _ = torch.ops.natten_ext.na_forward(
+            query, key, value, rpb, list(kernel_size), list(dilation),
+            [int(c) for c in is_causal], scale, backend,
+        )  # fmt: skip
+        return out
+    return _EagerNA.apply(query, key, value, rpb, kernel_size, dilation, is_causal, scale, backend)

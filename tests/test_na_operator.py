@@ -270,3 +270,23 @@ def test_non_contiguous_inputs():
     assert torch.allclose(
         natten_ext.na2d(qt, kt, vt, 3, 3, rpb=rpb), natten_ext.na2d(q, k, v, 3, 3, rpb=rpb)
     )
+
+
+def test_eager_path_equals_custom_op_path():
+    """Eager calls skip the custom-op layers; under a dispatch mode the registered op runs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    q, k, v, rpb = make_inputs((9, 8), (3, 3), 2, 8, torch.float64, "cpu", True)
+    results = []
+    for capture in (False, True):
+        leaves = [t.clone().requires_grad_(True) for t in (q, k, v, rpb)]
+        with FlopCounterMode(display=False) if capture else torch.enable_grad() as counter:
+            out = natten_ext.na2d(*leaves[:3], 3, (2, 1), rpb=leaves[3])
+            out.backward(torch.ones_like(out))
+        if capture:
+            counts = counter.get_flop_counts()["Global"]
+            assert torch.ops.natten_ext.na_forward in counts
+            assert torch.ops.natten_ext.na_backward in counts
+        results.append([out.detach(), *(t.grad for t in leaves)])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
