@@ -20,7 +20,7 @@ from torch import nn
 
 from .checkpoint import checkpoint_filter_fn
 from .dilation import D224, D384
-from .layers import HierarchicalMixin, NALevel, check_dilations, init_weights
+from .layers import HierarchicalMixin, NALevel, check_hierarchical_args, init_weights
 
 __all__ = ["DiNAT_s"]
 
@@ -64,17 +64,9 @@ class DiNAT_s(HierarchicalMixin, nn.Module):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        if kwargs:
-            raise TypeError(f"DiNAT_s got unexpected arguments: {sorted(kwargs)}")
-        if len(num_heads) != len(depths):
-            raise ValueError(
-                f"num_heads needs one entry per level ({len(depths)}), got {num_heads}"
-            )
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-        if not 0.0 <= drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
-        dilations = check_dilations(dilations, depths)
+        dilations = check_hierarchical_args(
+            "DiNAT_s", kwargs, depths, num_heads, global_pool, drop_path_rate, dilations
+        )
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.kernel_size = kernel_size

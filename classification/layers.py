@@ -67,6 +67,27 @@ def check_dilations(
     return dilations
 
 
+def check_hierarchical_args(
+    model_name: str,
+    unexpected: dict[str, Any],
+    depths: Sequence[int],
+    num_heads: Sequence[int],
+    global_pool: str,
+    drop_path_rate: float,
+    dilations: Sequence[Sequence[int]] | None,
+) -> list[list[int]]:
+    """Constructor checks shared by the hierarchical models; returns the normalised dilations."""
+    if unexpected:
+        raise TypeError(f"{model_name} got unexpected arguments: {sorted(unexpected)}")
+    if len(num_heads) != len(depths):
+        raise ValueError(f"num_heads needs one entry per level ({len(depths)}), got {num_heads}")
+    if global_pool not in ("avg", ""):
+        raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+    if not 0.0 <= drop_path_rate < 1.0:
+        raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
+    return check_dilations(dilations, depths)
+
+
 class NATransformerBlock(nn.Module):
     """Pre-norm block: ``x + DropPath(g1 * Attn(LN(x)))``, then ``x + DropPath(g2 * MLP(LN(x)))``.
 
