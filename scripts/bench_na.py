@@ -15,6 +15,7 @@ Usage: python scripts/bench_na.py [--json out.json] [--only nat,dinat,1d,3d] [--
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import math
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import natten_ext
+from natten_ext.backends import reference
 
 NAT_LEVELS = [(56, 2), (28, 4), (14, 8), (7, 16)]
 DINAT_DILATION = {56: 8, 28: 4, 14: 2, 7: 1}
@@ -189,6 +191,17 @@ def flex_attention(q, k, v, block_mask, score_mod):
 
 
 # ----------------------------------------------------------------------------------------- cases
+@contextlib.contextmanager
+def gather_path_only():
+    """Make the reference backend take its gather path even on small maps."""
+    saved = reference._DENSE_FACTOR
+    reference._DENSE_FACTOR = 0
+    try:
+        yield
+    finally:
+        reference._DENSE_FACTOR = saved
+
+
 def na_call(ndim: int):
     return {1: natten_ext.na1d, 2: natten_ext.na2d, 3: natten_ext.na3d}[ndim]
 
@@ -235,6 +248,18 @@ def run_case(name, batch, spatial, heads, dim, ks, dil, rpb_on, opts, dtype=torc
                 all_leaves,
                 quick=True,
             )
+        tokens, window = math.prod(spatial), math.prod(ks)
+        if reference._use_dense(tokens, window):
+            # Small maps take the reference's dense path; also time its plain gather path, the
+            # "gather-based reference" of the issue's calibration figures.
+            with natten_ext.use_backend("reference"), gather_path_only():
+                timed(
+                    "reference_gather",
+                    lambda: fn(q, k, v, ks, dil, rpb=table),
+                    lambda: fn(*leaves, ks, dil, rpb=tleaf),
+                    all_leaves,
+                    quick=True,
+                )
     if ndim == 2 and all(s % 7 == 0 for s in spatial) and dil == (1, 1):
         timed(
             "window",
@@ -310,7 +335,8 @@ def main(argv: list[str] | None = None) -> None:
         tmp = opts.json.with_suffix(".tmp")
         tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
         os.replace(tmp, opts.json)
-    labels = ["triton", "reference", "window", "window_nobias", "sdpa_full", "flex"]
+    labels = ["triton", "reference", "reference_gather", "window", "window_nobias", "sdpa_full",
+              "flex"]  # fmt: skip
     print(f"\n{'case':28s}" + "".join(f"{lab:>22s}" for lab in labels))
     for row in rows:
         cells = []
