@@ -284,6 +284,9 @@ GPU_EDGE_CASES = [
          is_causal=(False, False, False), rpb=True, batch=1, heads=2, head_dim=64),
     dict(spatial=(7, 7), kernel_size=(7, 7), dilation=(1, 1), is_causal=(False, False), rpb=True,
          batch=3, heads=4, head_dim=32),
+    # 2-D head_dim 32 with both group lengths >= 28: the 4x8-tile, 1-warp dK/dV config
+    dict(spatial=(30, 29), kernel_size=(7, 7), dilation=(1, 1), is_causal=(False, False),
+         rpb=True, batch=1, heads=2, head_dim=32),
 ]  # fmt: skip
 
 

@@ -115,7 +115,7 @@ def _tiles(ndim: int) -> tuple[int, int, int]:
 _TUNE: dict = {}
 
 
-def _config(ndim: int, head_dim: int) -> dict:
+def _config(ndim: int, head_dim: int, sp=None, dil=None) -> dict:
     block_d = _pow2(head_dim)
     # Chosen from the measurements in docs/benchmarks.md (H200, bf16).
     cfg = {
@@ -131,7 +131,21 @@ def _config(ndim: int, head_dim: int) -> dict:
         "stages_dkdv": 1,
         "bias_dot_fwd": False,  # the plain rpb gather measured faster in the forward
     }
+    if ndim == 2 and block_d <= 32:
+        # NAT/DiNAT's head_dim 32 (run C in docs/benchmarks.md, H200, bf16): smaller tiles
+        # evaluate fewer (query, key) pairs (8x2 queries: a 14x8 key box for 16; 4x8: 10x16
+        # for 32), and 1-2 warps per program keep more programs resident per SM.
+        cfg.update(tiles_fwd=(1, 8, 2), block_n_fwd=16, warps_fwd=1)
+        cfg.update(tiles_dq=(1, 4, 8), block_n=64, warps_dq=2, stages_dq=3)
+        if sp is not None and dil is not None:
+            lgs = (_cdiv(sp[1], dil[1]), _cdiv(sp[2], dil[2]))
+            if min(lgs) >= 28:  # 4x8 key tiles, 1 warp (measured at 28 and 56; not at 14)
+                cfg.update(tiles_dkdv=(1, 4, 8), block_m=64, warps_dkdv=1)
+            elif max(lgs) <= 8:  # one 8x8 key tile per group (DiNAT's 7x7 groups)
+                cfg.update(block_m=32)
     cfg.update(_TUNE)
+    for name in ("tiles_fwd", "tiles_dq", "tiles_dkdv"):  # per-kernel tiles (default: tiles)
+        cfg.setdefault(name, cfg["tiles"])
     return cfg
 
 
@@ -166,9 +180,9 @@ def _max_query_extent(length: int, k: int, dil: int, tile: int, causal: bool) ->
     return widest
 
 
-def _bias_plan(ndim, ks, dil, causal, sp, cfg, has_rpb) -> dict:
+def _bias_plan(ndim, ks, dil, causal, sp, cfg, has_rpb, tiles) -> dict:
     """Constexprs of the 2-D one-hot bias path (``_bias_block``), or the plain-gather fallback."""
-    _, t1, t2 = cfg["tiles"]
+    _, t1, t2 = tiles
     plan = {"rp2": t2 + ks[2] - 1, "dot": False, "bu": 16, "qp2": 1, "eq1": 1, "dot_kv": False,
             "bu_kv": 16}  # fmt: skip
     if not has_rpb or ndim != 2:
@@ -216,42 +230,47 @@ def _common(query, kernel_size, dilation, is_causal):
 @functools.lru_cache(maxsize=1024)
 def _launch_plan(ndim, ks, dil, causal, sp, head_dim, has_rpb, dtype, det, tune) -> dict:
     """Everything about the launches that depends only on the call's configuration (cached)."""
-    cfg = _config(ndim, head_dim)
-    t0, t1, t2 = cfg["tiles"]
-    ntiles = _grid_tiles(sp, dil, cfg["tiles"])
+    cfg = _config(ndim, head_dim, sp, dil)
     common = dict(
         HEAD_DIM=head_dim, BLOCK_D=cfg["block_d"],
         K0=ks[0], K1=ks[1], K2=ks[2], C0=causal[0], C1=causal[1], C2=causal[2],
-        T0=t0, T1=t1, T2=t2, HAS_RPB=has_rpb, DOT_PREC=_dot_precision(dtype),
+        HAS_RPB=has_rpb, DOT_PREC=_dot_precision(dtype),
     )  # fmt: skip
     bias_prec = _bias_precision(dtype)
 
+    def with_tiles(tiles):
+        return dict(common, T0=tiles[0], T1=tiles[1], T2=tiles[2])
+
+    tf_, tq, tk = cfg["tiles_fwd"], cfg["tiles_dq"], cfg["tiles_dkdv"]
     fwd_cfg = {**cfg, "block_n": cfg["block_n_fwd"]}
-    fp = _bias_plan(ndim, ks, dil, causal, sp, fwd_cfg, has_rpb)
+    fp = _bias_plan(ndim, ks, dil, causal, sp, fwd_cfg, has_rpb, tf_)
     if not cfg["bias_dot_fwd"]:
-        fp.update(rp2=t2 + ks[2] - 1, dot=False)
-    fwd = dict(common, BLOCK_N=fwd_cfg["block_n"], RP2=fp["rp2"], BIAS_DOT=fp["dot"],
+        fp.update(rp2=tf_[2] + ks[2] - 1, dot=False)
+    fwd = dict(with_tiles(tf_), BLOCK_N=fwd_cfg["block_n"], RP2=fp["rp2"], BIAS_DOT=fp["dot"],
                BU=fp["bu"], BIAS_PREC=bias_prec, num_warps=cfg["warps_fwd"],
                num_stages=cfg["stages"])  # fmt: skip
 
-    plan = _bias_plan(ndim, ks, dil, causal, sp, cfg, has_rpb)
+    plan = _bias_plan(ndim, ks, dil, causal, sp, cfg, has_rpb, tq)
     mode, block_bias, bw = 0, 16, 16
     if has_rpb:
         if plan["dot"]:
             mode = 3
-            bw = max(16, _pow2(plan["rp2"] + t2 - 1))
+            bw = max(16, _pow2(plan["rp2"] + tq[2] - 1))
         elif det:
             mode, block_bias = 2, _pow2(_prod3(2 * k - 1 for k in ks))
         else:
             mode = 1
-    dq = dict(common, BLOCK_N=cfg["block_n"], DRPB_MODE=mode, BLOCK_BIAS=block_bias,
+    dq = dict(with_tiles(tq), BLOCK_N=cfg["block_n"], DRPB_MODE=mode, BLOCK_BIAS=block_bias,
               RP2=plan["rp2"], BU=plan["bu"], BW=bw, BIAS_PREC=bias_prec, BIAS_DOT=plan["dot"],
-              num_warps=cfg["warps_dq"], num_stages=cfg["stages"])  # fmt: skip
-    dkdv = dict(common, BLOCK_M=cfg["block_m"], BIAS_DOT=plan["dot_kv"], QP2=plan["qp2"],
-                EQ1=plan["eq1"], BU=plan["bu_kv"], BIAS_PREC=bias_prec,
+              num_warps=cfg["warps_dq"],
+              num_stages=cfg.get("stages_dq", cfg["stages"]))  # fmt: skip
+    kv = _bias_plan(ndim, ks, dil, causal, sp, cfg, has_rpb, tk)
+    dkdv = dict(with_tiles(tk), BLOCK_M=cfg["block_m"], BIAS_DOT=kv["dot_kv"], QP2=kv["qp2"],
+                EQ1=kv["eq1"], BU=kv["bu_kv"], BIAS_PREC=bias_prec,
                 num_warps=cfg["warps_dkdv"], num_stages=cfg["stages_dkdv"])  # fmt: skip
-    return {"ntiles": ntiles, "fwd": fwd, "dq": dq, "dkdv": dkdv, "mode": mode,
-            "block_bias": block_bias}  # fmt: skip
+    return {"ntiles_fwd": _grid_tiles(sp, dil, tf_), "ntiles_dq": _grid_tiles(sp, dil, tq),
+            "ntiles_dkdv": _grid_tiles(sp, dil, tk), "fwd": fwd, "dq": dq, "dkdv": dkdv,
+            "mode": mode, "block_bias": block_bias}  # fmt: skip
 
 
 def _plan_for(query, rpb, kernel_size, dilation, is_causal, det=False):
@@ -273,10 +292,10 @@ def forward(query, key, value, rpb, kernel_size, dilation, is_causal, scale):
     o6 = _as6d(out, ndim)
     l5 = lse.reshape(batch, *sp, heads)
     table = _rpb_table(rpb, heads, query)
-    _k._na_fwd_kernel[(plan["ntiles"] * batch * heads,)](
+    _k._na_fwd_kernel[(plan["ntiles_fwd"] * batch * heads,)](
         q6, k6, v6, o6, l5, table,
         *_strides5(q6), *_strides5(k6), *_strides5(v6), *_strides5(o6), *l5.stride(),
-        heads, plan["ntiles"], *sp, *dil, scale * _k.LOG2E, **plan["fwd"],
+        heads, plan["ntiles_fwd"], *sp, *dil, scale * _k.LOG2E, **plan["fwd"],
     )  # fmt: skip
     return out, lse
 
@@ -294,8 +313,8 @@ def backward(grad_out, query, key, value, rpb, out, lse, kernel_size, dilation, 
     dv = torch.empty(value.shape, dtype=value.dtype, device=value.device)
     table = _rpb_table(rpb, heads, query)
     nbias = table.shape[1]
-    ntiles, mode, block_bias = plan["ntiles"], plan["mode"], plan["block_bias"]
-    grid = (ntiles * batch * heads,)  # one flat axis: no 65535 limit on batch * heads
+    ntiles, mode, block_bias = plan["ntiles_dq"], plan["mode"], plan["block_bias"]
+    ntiles_kv = plan["ntiles_dkdv"]
     device = query.device
     if mode == 1:
         work = torch.zeros(_ATOMIC_SPLIT, heads, nbias, dtype=torch.float32, device=device)
@@ -305,16 +324,17 @@ def backward(grad_out, query, key, value, rpb, out, lse, kernel_size, dilation, 
         work = torch.zeros(ntiles, batch * heads, nbias, dtype=torch.float32, device=device)
     else:
         work = table
-    _k._na_bwd_dq_kernel[grid](
+    # one flat grid axis per kernel: no 65535 limit on batch * heads
+    _k._na_bwd_dq_kernel[(ntiles * batch * heads,)](
         q6, k6, v6, g6, o6, l5, delta, dq, table, work,
         *_strides5(q6), *_strides5(k6), *_strides5(v6), *_strides5(g6), *_strides5(o6),
         *l5.stride(),
         heads, ntiles, *sp, *dil, scale * _k.LOG2E, scale, _ATOMIC_SPLIT, **plan["dq"],
     )  # fmt: skip
-    _k._na_bwd_dkdv_kernel[grid](
+    _k._na_bwd_dkdv_kernel[(ntiles_kv * batch * heads,)](
         q6, k6, v6, g6, l5, delta, dk, dv, table,
         *_strides5(q6), *_strides5(k6), *_strides5(v6), *_strides5(g6), *l5.stride(),
-        heads, ntiles, *sp, *dil, scale * _k.LOG2E, scale, **plan["dkdv"],
+        heads, ntiles_kv, *sp, *dil, scale * _k.LOG2E, scale, **plan["dkdv"],
     )  # fmt: skip
 
     drpb = None
