@@ -9,11 +9,19 @@ nat-train --config ... --data ... --resume auto
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from .training.checkpoint import CheckpointError, load_training_checkpoint
-from .training.config import ConfigError, apply_overrides, config_to_yaml, load_config
+from .training.config import (
+    DEFAULTS,
+    ConfigError,
+    apply_overrides,
+    config_to_yaml,
+    load_config,
+)
 from .training.config import validate_config as _validate
 
 __all__ = ["main", "parse_args"]
@@ -49,6 +57,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _fill_missing(cfg: dict, defaults: Mapping) -> dict:
+    """Give keys added to the schema since a checkpoint was written their defaults."""
+    for key, default in defaults.items():
+        if key not in cfg:
+            cfg[key] = copy.deepcopy(default)
+        elif isinstance(default, Mapping) and isinstance(cfg[key], dict):
+            _fill_missing(cfg[key], default)
+    return cfg
+
+
 def resolve_config(args: argparse.Namespace) -> tuple[dict, str]:
     """The validated config and the run's default name (the config file's stem)."""
     overrides = [*args.overrides, *args.extra]
@@ -59,7 +77,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[dict, str]:
     if args.config:
         return load_config(args.config, overrides), Path(args.config).stem
     if args.resume and args.resume != "auto":  # continue with the checkpoint's own config
-        cfg = load_training_checkpoint(args.resume)["config"]
+        cfg = _fill_missing(load_training_checkpoint(args.resume)["config"], DEFAULTS)
         apply_overrides(cfg, overrides)
         _validate(cfg)
         return cfg, Path(args.resume).parent.name

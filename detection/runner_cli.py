@@ -9,6 +9,7 @@ environment unless ``--launcher`` says otherwise).
 from __future__ import annotations
 
 import argparse
+import datetime
 import importlib
 import json
 import os
@@ -56,6 +57,36 @@ def load_config(args: argparse.Namespace, registry_module: str) -> Config:
     return cfg
 
 
+def _setup_cpu_distributed(cfg: Config) -> None:
+    """torchrun without CUDA: mmengine's pytorch launcher calls ``torch.cuda.set_device`` and
+    wraps the model in DDP with ``device_ids=[LOCAL_RANK]``, both of which fail on CPU. Join
+    the process group here (Gloo, as NCCL needs CUDA; mmengine then keeps it) and wrap
+    without device ids."""
+    import torch
+    import torch.distributed as dist
+
+    if cfg.launcher != "pytorch" or torch.cuda.is_available() or dist.is_initialized():
+        return
+    if "RANK" not in os.environ:  # not under torchrun: mmengine reports the missing variables
+        return
+    env = cfg.setdefault("env_cfg", {})
+    options = dict(env.get("dist_cfg") or {})
+    backend = options.pop("backend", "gloo")
+    if backend == "nccl":
+        backend = env.setdefault("dist_cfg", {})["backend"] = "gloo"
+    if options.get("timeout") is not None:
+        options["timeout"] = datetime.timedelta(seconds=options["timeout"])
+    dist.init_process_group(backend=backend, **options)
+    wrapper = cfg.get("model_wrapper_cfg") or dict(
+        type="MMDistributedDataParallel",
+        broadcast_buffers=False,
+        find_unused_parameters=cfg.get("find_unused_parameters", False),
+    )
+    if wrapper.get("type", "MMDistributedDataParallel") == "MMDistributedDataParallel":
+        wrapper["device_ids"] = None
+    cfg.model_wrapper_cfg = wrapper
+
+
 def _set_amp(cfg: Config, enabled: bool) -> None:
     wrapper = cfg.optim_wrapper
     if enabled:
@@ -100,6 +131,7 @@ def train(argv: list[str] | None, registry_module: str, description: str) -> Non
 
     from mmengine.runner import Runner
 
+    _setup_cpu_distributed(cfg)
     Runner.from_cfg(cfg).train()
 
 
@@ -127,6 +159,7 @@ def test(
 
     from mmengine.runner import Runner
 
+    _setup_cpu_distributed(cfg)
     metrics = Runner.from_cfg(cfg).test()
     plain = {k: v if isinstance(v, str) else float(v) for k, v in metrics.items()}
     text = json.dumps(plain, indent=2, sort_keys=True)

@@ -113,9 +113,18 @@ def test_torch_compile_fullgraph():
         assert torch.allclose(p.grad, g, atol=1e-5)
 
 
-def test_torch_compile_inductor_forward():
-    m = NeighborhoodAttention1D(16, 2, 5).eval()
-    x = torch.randn(1, 20, 16)
-    compiled = torch.compile(m, fullgraph=True)
-    with torch.no_grad():
-        assert torch.allclose(compiled(x), m(x), atol=1e-5)
+def test_torch_compile_inductor_forward_and_backward():
+    torch.manual_seed(5)
+    m = NeighborhoodAttention2D(16, 2, 3, dilation=(1, 2))
+    x = torch.randn(2, 6, 7, 16, requires_grad=True)
+    eager = m(x)
+    eager.square().sum().backward()
+    grads = [x.grad.clone()] + [p.grad.clone() for p in m.parameters()]
+    x.grad = None
+    m.zero_grad()
+    compiled = torch.compile(m, fullgraph=True)  # inductor checks the op's output strides
+    out = compiled(x)
+    out.square().sum().backward()
+    assert torch.allclose(out, eager, atol=1e-5)
+    for g, t in zip(grads, [x, *m.parameters()]):
+        assert torch.allclose(t.grad, g, atol=1e-4)

@@ -99,6 +99,7 @@ DEFAULTS: dict[str, Any] = {
     "train": {
         "amp": "bf16",  # bf16 | fp16 | none
         "compile": False,
+        "compile_backend": "inductor",  # torch.compile backend (e.g. aot_eager, cudagraphs)
         "channels_last": False,
         "ema": False,
         "ema_decay": 0.9998,

@@ -242,7 +242,9 @@ class Trainer:
                 raw, device_ids=[info.local_rank] if info.device.type == "cuda" else None
             )
         self.ddp = model if info.distributed else None
-        self.model = torch.compile(model) if train["compile"] else model
+        self.model = (
+            torch.compile(model, backend=train["compile_backend"]) if train["compile"] else model
+        )
         self.mixup = build_mixup(cfg, self.loaders.num_classes)
         smoothing = cfg["aug"]["smoothing"]
         if self.mixup is not None:

@@ -265,7 +265,8 @@ def backward(grad_out, query, key, value, rpb, out, lse, kernel_size, dilation, 
         d_probs, dv = _av_backward(d_out, probs, v, key_idx, valid)
         d_logits = probs * (d_probs - (d_probs * probs).sum(-1, keepdim=True))
         dq, dk, drpb = _qk_backward(d_logits, q, k, bias, key_idx, valid, bias_idx)
-    dq = _heads_last(dq * scale, query).to(query.dtype)
-    dk = _heads_last(dk, key).to(key.dtype)
-    dv = _heads_last(dv, value).to(value.dtype)
-    return dq, dk, dv, (None if drpb is None else drpb.to(rpb.dtype))
+    # Contiguous, as the op's fake implementation promises (inductor checks the strides).
+    dq = _heads_last(dq * scale, query).to(query.dtype).contiguous()
+    dk = _heads_last(dk, key).to(key.dtype).contiguous()
+    dv = _heads_last(dv, value).to(value.dtype).contiguous()
+    return dq, dk, dv, (None if drpb is None else drpb.to(rpb.dtype).contiguous())
