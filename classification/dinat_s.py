@@ -11,7 +11,6 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
-import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import PatchEmbed
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
@@ -20,7 +19,7 @@ from torch import nn
 
 from .checkpoint import checkpoint_filter_fn
 from .dilation import D224, D384
-from .layers import HierarchicalMixin, NALevel, check_hierarchical_args, init_weights
+from .layers import HierarchicalMixin, build_levels, check_hierarchical_args, init_weights
 
 __all__ = ["DiNAT_s"]
 
@@ -86,33 +85,23 @@ class DiNAT_s(HierarchicalMixin, nn.Module):
             dynamic_img_pad=True,
         )
         self.pos_drop = nn.Dropout(drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
-        self.layers = nn.ModuleList()
-        self.feature_info = []
-        for i, depth in enumerate(depths):
-            start = sum(depths[:i])
-            self.layers.append(
-                NALevel(
-                    dims[i],
-                    depth,
-                    num_heads[i],
-                    kernel_size,
-                    dilations[i],
-                    dpr[start : start + depth],
-                    downsample=partial(PatchMerging, norm_layer=norm_layer)
-                    if i < self.num_levels - 1
-                    else None,
-                    mlp_ratio=mlp_ratio,
-                    qkv_bias=qkv_bias,
-                    qk_scale=qk_scale,
-                    drop=drop_rate,
-                    attn_drop=attn_drop_rate,
-                    norm_layer=norm_layer,
-                )
-            )
-            self.feature_info.append(
-                dict(num_chs=dims[i], reduction=patch_size * 2**i, module=f"layers.{i}")
-            )
+        self.layers, self.feature_info = build_levels(
+            dims,
+            depths,
+            num_heads,
+            kernel_size,
+            dilations,
+            drop_path_rate,
+            downsample=partial(PatchMerging, norm_layer=norm_layer),
+            module_name="layers",
+            stem_stride=patch_size,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            qk_scale=qk_scale,
+            drop=drop_rate,
+            attn_drop=attn_drop_rate,
+            norm_layer=norm_layer,
+        )
         self.norm = norm_layer(self.num_features)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(init_weights)

@@ -197,6 +197,42 @@ class NALevel(nn.Module):
         return x if self.downsample is None else self.downsample(x)
 
 
+def build_levels(
+    dims: Sequence[int],
+    depths: Sequence[int],
+    num_heads: Sequence[int],
+    kernel_size: int,
+    dilations: Sequence[Sequence[int]],
+    drop_path_rate: float,
+    downsample: Callable[[int], nn.Module],
+    module_name: str,
+    stem_stride: int,
+    **block_kwargs: Any,
+) -> tuple[nn.ModuleList, list[dict[str, Any]]]:
+    """The levels of a hierarchical model (all but the last end in ``downsample``) and their
+    timm ``feature_info``; stochastic depth rises linearly over all blocks."""
+    dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+    levels, feature_info = nn.ModuleList(), []
+    for i, depth in enumerate(depths):
+        start = sum(depths[:i])
+        levels.append(
+            NALevel(
+                dims[i],
+                depth,
+                num_heads[i],
+                kernel_size,
+                dilations[i],
+                dpr[start : start + depth],
+                downsample=downsample if i < len(depths) - 1 else None,
+                **block_kwargs,
+            )
+        )
+        feature_info.append(
+            dict(num_chs=dims[i], reduction=stem_stride * 2**i, module=f"{module_name}.{i}")
+        )
+    return levels, feature_info
+
+
 class ClassifierMixin:
     """Head and optimizer API shared by every family.
 

@@ -11,14 +11,13 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
-import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import Tensor, nn
 
 from .checkpoint import checkpoint_filter_fn
 from .dilation import D224, D384
-from .layers import HierarchicalMixin, NALevel, check_hierarchical_args, init_weights
+from .layers import HierarchicalMixin, build_levels, check_hierarchical_args, init_weights
 
 __all__ = ["NAT", "ConvDownsampler", "ConvTokenizer", "DiNAT"]
 
@@ -111,34 +110,24 @@ class NAT(HierarchicalMixin, nn.Module):
 
         self.patch_embed = ConvTokenizer(in_chans, embed_dim, norm_layer)
         self.pos_drop = nn.Dropout(drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
-        self.levels = nn.ModuleList()
-        self.feature_info = []
-        for i, depth in enumerate(depths):
-            start = sum(depths[:i])
-            self.levels.append(
-                NALevel(
-                    dims[i],
-                    depth,
-                    num_heads[i],
-                    kernel_size,
-                    dilations[i],
-                    dpr[start : start + depth],
-                    downsample=partial(ConvDownsampler, norm_layer=norm_layer)
-                    if i < self.num_levels - 1
-                    else None,
-                    mlp_ratio=mlp_ratio,
-                    qkv_bias=qkv_bias,
-                    qk_scale=qk_scale,
-                    drop=drop_rate,
-                    attn_drop=attn_drop_rate,
-                    layer_scale=layer_scale,
-                    norm_layer=norm_layer,
-                )
-            )
-            self.feature_info.append(
-                dict(num_chs=dims[i], reduction=4 * 2**i, module=f"levels.{i}")
-            )
+        self.levels, self.feature_info = build_levels(
+            dims,
+            depths,
+            num_heads,
+            kernel_size,
+            dilations,
+            drop_path_rate,
+            downsample=partial(ConvDownsampler, norm_layer=norm_layer),
+            module_name="levels",
+            stem_stride=4,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            qk_scale=qk_scale,
+            drop=drop_rate,
+            attn_drop=attn_drop_rate,
+            layer_scale=layer_scale,
+            norm_layer=norm_layer,
+        )
         self.norm = norm_layer(self.num_features)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(init_weights)
