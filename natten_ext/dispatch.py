@@ -14,6 +14,11 @@ ENV_VAR = "NATTEN_EXT_BACKEND"
 _state = threading.local()
 
 
+def forced_backend() -> str | None:
+    """The backend forced by ``use_backend`` or the environment variable, else None."""
+    return _forced()
+
+
 def _forced() -> str | None:
     name = getattr(_state, "backend", None)
     if name is None:

@@ -103,5 +103,9 @@ def _register_flop_counter() -> None:
         # dV = P^T dO, dP = dO V^T, dQ = dS K, dK = dS^T Q: twice the forward's two products.
         return 4 * na_macs(query_shape, kernel_size, False)
 
+    if hasattr(torch.ops.natten_ext, "na_triton_forward"):  # the triton ops, under compile
+        register_flop_formula(torch.ops.natten_ext.na_triton_forward)(_na_forward_flops)
+        register_flop_formula(torch.ops.natten_ext.na_triton_backward)(_na_backward_flops)
+
 
 _register_flop_counter()

@@ -8,9 +8,12 @@ as a list of 0/1 ints because TorchScript tracing (used by fvcore) cannot record
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor
 
+from . import backends
 from .dispatch import backend_module
 
 
@@ -136,6 +139,69 @@ class _EagerNA(torch.autograd.Function):
         return dq, dk, dv, drpb, None, None, None, None, None
 
 
+# ------------------------------------------------------------------ triton ops (torch.compile)
+# Under torch.compile the triton backend is reached through ``torch.library.triton_op``: inductor
+# then sees the Triton kernels themselves and launches them from its generated code (no Python
+# per call, CUDA-graph friendly). NATTEN_EXT_TRITON_OP=0 falls back to the opaque custom op.
+backends.preload()
+_triton = None
+if os.environ.get("NATTEN_EXT_TRITON_OP", "1") == "1" and hasattr(torch.library, "triton_op"):
+    _triton = backends.get("triton") if torch.cuda.is_available() else None
+
+if _triton is not None:
+
+    @torch.library.triton_op("natten_ext::na_triton_forward", mutates_args=())
+    def na_triton_forward(
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        rpb: Tensor | None,
+        kernel_size: list[int],
+        dilation: list[int],
+        is_causal: list[int],
+        scale: float,
+    ) -> tuple[Tensor, Tensor]:
+        return _triton.forward(
+            query, key, value, rpb, tuple(kernel_size), tuple(dilation),
+            tuple(bool(c) for c in is_causal), scale,
+        )  # fmt: skip
+
+    @torch.library.triton_op("natten_ext::na_triton_backward", mutates_args=())
+    def na_triton_backward(
+        grad_out: Tensor,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        rpb: Tensor | None,
+        out: Tensor,
+        lse: Tensor,
+        kernel_size: list[int],
+        dilation: list[int],
+        is_causal: list[int],
+        scale: float,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        dq, dk, dv, drpb = _triton.backward(
+            grad_out, query, key, value, rpb, out, lse, tuple(kernel_size), tuple(dilation),
+            tuple(bool(c) for c in is_causal), scale,
+        )  # fmt: skip
+        return dq, dk, dv, (query.new_empty(0) if drpb is None else drpb)
+
+    def _triton_setup_context(ctx, inputs, output) -> None:
+        query, key, value, rpb, kernel_size, dilation, is_causal, scale = inputs
+        ctx.save_for_backward(query, key, value, rpb, output[0], output[1])
+        ctx.window = (kernel_size, dilation, is_causal, scale)
+        ctx.has_rpb = rpb is not None
+
+    def _triton_backward(ctx, grad_out, grad_lse):
+        query, key, value, rpb, out, lse = ctx.saved_tensors
+        dq, dk, dv, drpb = torch.ops.natten_ext.na_triton_backward(
+            grad_out, query, key, value, rpb, out, lse, *ctx.window
+        )
+        return dq, dk, dv, (drpb if ctx.has_rpb else None), None, None, None, None
+
+    na_triton_forward.register_autograd(_triton_backward, setup_context=_triton_setup_context)
+
+
 def _graph_capture_active() -> bool:
     """Compiling, tracing, or a dispatch mode (FLOP counter, fake tensors) is watching."""
     return (
@@ -158,9 +224,24 @@ def neighborhood_attention(
 ) -> Tensor:
     """Fused neighborhood attention on validated arguments, differentiable, through ``backend``."""
     if _graph_capture_active():
+        if backend == "triton" and _triton is not None and torch.compiler.is_compiling():
+            out, _ = torch.ops.natten_ext.na_triton_forward(
+                query, key, value, rpb, list(kernel_size), list(dilation),
+                [int(c) for c in is_causal], scale,
+            )  # fmt: skip
+            return out
         out, _ = torch.ops.natten_ext.na_forward(
             query, key, value, rpb, list(kernel_size), list(dilation),
             [int(c) for c in is_causal], scale, backend,
         )  # fmt: skip
         return out
+    if not (
+        torch.is_grad_enabled()
+        and any(t is not None and t.requires_grad for t in (query, key, value, rpb))
+    ):  # no gradient can be asked for: no autograd node, and no logsumexp where it costs
+        module = backend_module(backend)
+        infer = getattr(module, "inference", None)
+        if infer is not None:
+            return infer(query, key, value, rpb, kernel_size, dilation, is_causal, scale)
+        return module.forward(query, key, value, rpb, kernel_size, dilation, is_causal, scale)[0]
     return _EagerNA.apply(query, key, value, rpb, kernel_size, dilation, is_causal, scale, backend)

@@ -233,6 +233,9 @@ def test_every_key_can_be_overridden() -> None:
         ("", ["data.batch_size=7"], "data.batch_size"),  # odd batch with mixup
         ("", ["sched.epochs=true"], "sched.epochs"),
         ("", ["optim=3"], "optim"),
+        ("", ["train.compile=maybe"], "train.compile"),
+        ("", ["train.compile=1"], "train.compile"),
+        ("", ["train.compile_mode=fast"], "train.compile_mode"),
     ],
 )
 def test_bad_keys_and_values_name_the_key(
@@ -253,3 +256,10 @@ def test_base_loop_is_an_error(tmp_path: Path) -> None:
     _write(tmp_path / "b.yaml", "_base_: a.yaml\n")
     with pytest.raises(ConfigError, match="loop"):
         load_config(tmp_path / "a.yaml")
+
+
+@pytest.mark.parametrize("value", ["true", "false", "auto"])
+def test_compile_takes_true_false_or_auto(tmp_path: Path, value: str) -> None:
+    cfg = load_config(_write(tmp_path / "c.yaml", ""), [f"train.compile={value}"])
+    assert cfg["train"]["compile"] == {"true": True, "false": False}.get(value, value)
+    assert DEFAULTS["train"]["compile"] == "auto"

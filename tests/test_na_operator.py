@@ -124,11 +124,17 @@ def _check_case(ndim, case, dtype, device, seed, heads=2, dim=8):
         assert rel_err(t.grad.cpu(), r.grad) < tol, f"d{name} {case}"
 
 
-@pytest.fixture(params=["dense", "gather"])
+@pytest.fixture(params=["tiled", "dense", "gather"])
 def reference_path(request, monkeypatch):
-    """Run the reference backend through its dense (small maps) or its gather code path."""
+    """Force a pure-PyTorch path: the tiled backend, or the reference backend through its dense
+    (small maps) or its gather code path."""
+    if request.param == "tiled":
+        with natten_ext.use_backend("tiled"):
+            yield request.param
+        return
     monkeypatch.setattr(reference, "_DENSE_FACTOR", 10**9 if request.param == "dense" else 0)
-    return request.param
+    with natten_ext.use_backend("reference"):
+        yield request.param
 
 
 @pytest.mark.parametrize("device", ["cpu", *CUDA])
@@ -139,8 +145,7 @@ def test_fused_matches_oracle_random(ndim, dtype, device, reference_path):
     max_len = {1: 24, 2: 11, 3: 6}[ndim]
     for seed in range(6 if ndim < 3 else 3):
         case = random_case(rng, ndim, max_len)
-        with natten_ext.use_backend("reference"):
-            _check_case(ndim, case, dtype, device, seed)
+        _check_case(ndim, case, dtype, device, seed)
 
 
 @pytest.mark.parametrize("device", [*CUDA])

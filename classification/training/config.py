@@ -98,8 +98,11 @@ DEFAULTS: dict[str, Any] = {
     },
     "train": {
         "amp": "bf16",  # bf16 | fp16 | none
-        "compile": False,
+        # torch.compile the model: true | false | auto (on CUDA only, where it trains faster;
+        # docs/benchmarks.md). The first steps then include compilation (about a minute).
+        "compile": "auto",
         "compile_backend": "inductor",  # torch.compile backend (e.g. aot_eager, cudagraphs)
+        "compile_mode": "default",  # inductor mode, e.g. max-autotune-no-cudagraphs
         "channels_last": False,
         "ema": False,
         "ema_decay": 0.9998,
@@ -139,9 +142,16 @@ _NULLABLE_TYPES: dict[tuple[str, ...], tuple[type, ...]] = {
     ("run", "name"): (str,),
     ("run", "dir"): (str,),
 }
+_BOOL_OR_AUTO = {("train", "compile")}
 _CHOICES: dict[tuple[str, ...], tuple[str, ...]] = {
     ("train", "amp"): ("bf16", "fp16", "none"),
     ("train", "device"): ("auto", "cpu", "cuda"),
+    ("train", "compile_mode"): (
+        "default",
+        "reduce-overhead",
+        "max-autotune",
+        "max-autotune-no-cudagraphs",
+    ),
     ("sched", "name"): ("cosine", "linear", "poly", "step", "multistep", "tanh"),
     ("optim", "clip_mode"): ("norm", "value", "agc"),
     ("aug", "remode"): ("pixel", "rand", "const"),
@@ -310,6 +320,10 @@ def _check_value(path: tuple[str, ...], value: Any, default: Any) -> None:
         raise ConfigError(f"config key '{name}' may not be null (default {default!r})")
     if path in _NULLABLE_TYPES:
         types = _NULLABLE_TYPES[path]
+    elif path in _BOOL_OR_AUTO:
+        if not (isinstance(value, bool) or value == "auto"):
+            raise ConfigError(f"config key '{name}' must be true, false or auto, got {value!r}")
+        return
     elif isinstance(default, bool):
         types = (bool,)
     elif isinstance(default, float):

@@ -242,9 +242,7 @@ class Trainer:
                 raw, device_ids=[info.local_rank] if info.device.type == "cuda" else None
             )
         self.ddp = model if info.distributed else None
-        self.model = (
-            torch.compile(model, backend=train["compile_backend"]) if train["compile"] else model
-        )
+        self.model = self._compiled(model)
         self.mixup = build_mixup(cfg, self.loaders.num_classes)
         smoothing = cfg["aug"]["smoothing"]
         if self.mixup is not None:
@@ -254,6 +252,18 @@ class Trainer:
         else:
             self.loss_fn = torch.nn.CrossEntropyLoss()
         self.log = RunLogger(run_dir, cfg, info.is_main, self.step if ckpt else None)
+
+    def _compiled(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``train.compile``: true, false, or auto (compile on CUDA, where it is faster)."""
+        train = self.cfg["train"]
+        wanted = train["compile"]
+        if wanted == "auto":
+            wanted = self.info.device.type == "cuda"
+        if not wanted:
+            return model
+        mode = None if train["compile_mode"] == "default" else train["compile_mode"]
+        # static shapes: the last, smaller validation batch gets its own graph
+        return torch.compile(model, backend=train["compile_backend"], mode=mode, dynamic=False)
 
     # ----------------------------------------------------------------- state
     def _load_state(self, ckpt: dict[str, Any], path: Path) -> None:

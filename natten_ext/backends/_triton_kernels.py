@@ -95,7 +95,8 @@ def _rw_table(rpb_h, row0, col0, BU: tl.constexpr, w_cols, K1: tl.constexpr, K2:
     p1 = row0 + tl.arange(0, BU)
     p2 = col0 + w_cols
     ok = ((p1 >= 0) & (p1 < 2 * K1 - 1))[:, None] & ((p2 >= 0) & (p2 < 2 * K2 - 1))[None, :]
-    return tl.load(rpb_h + p1[:, None] * (2 * K2 - 1) + p2[None, :], mask=ok, other=0.0)
+    rw = tl.load(rpb_h + p1[:, None] * (2 * K2 - 1) + p2[None, :], mask=ok, other=0.0)
+    return rw.to(tl.float32) * 1.4426950408889634  # the kernels work in log2 units
 
 
 @triton.jit
@@ -215,18 +216,23 @@ def _na_fwd_kernel(
             s += _bias_block(rw, u_base + blk * RB, BU, T1, RB, T2, RP2, BIAS_PREC)
         elif HAS_RPB:
             pidx = _bias_key(kc0, kc1, kc2, K0, K1, K2)[None, :] - fq[:, None]
-            bias = tl.load(RPB + h * NBIAS + pidx, mask=mask, other=0.0)
-            s += bias
-        s = tl.where(mask, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
+            bias = tl.load(RPB + h * NBIAS + pidx, mask=mask, other=0.0).to(tl.float32)
+            s += bias * 1.4426950408889634
         v = tl.load(
             v_base + (kp0 * sv0 + kp1 * sv1 + kp2 * sv2)[:, None] + dd[None, :],
             mask=ld_mask,
             other=0.0,
         )
+        # A non-finite value row must reach only the queries whose windows hold it (as a
+        # per-query gather would): zero it for the product and poison those queries' scores.
+        v_nf = (v.to(tl.float32) * 0.0) != 0.0
+        v_bad = tl.max(v_nf.to(tl.int32), 1) > 0
+        v = tl.where(v_nf, tl.zeros_like(v), v)
+        s = tl.where(mask, tl.where(v_bad[None, :], float("nan"), s), float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
         m_i = m_new
 
@@ -369,8 +375,8 @@ def _na_bwd_dq_kernel(
             s += _bias_block(rw, u_base + blk * RB, BU, T1, RB, T2, RP2, BIAS_PREC)
         elif HAS_RPB:
             pidx = _bias_key(kc0, kc1, kc2, K0, K1, K2)[None, :] - fq[:, None]
-            bias = tl.load(RPB + h * NBIAS + pidx, mask=mask, other=0.0)
-            s += bias
+            bias = tl.load(RPB + h * NBIAS + pidx, mask=mask, other=0.0).to(tl.float32)
+            s += bias * 1.4426950408889634
         p = tl.where(mask, tl.exp2(s - lse2[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
         ds = p * (dp - delta[:, None])
@@ -542,8 +548,8 @@ def _na_bwd_dkdv_kernel(
             st += _bias_block(rw, u_base - it * RQ, BU, T1, RQ, T2, QP2, BIAS_PREC)
         elif HAS_RPB:
             pidx = gk[:, None] - _bias_query(qc0, qc1, qc2, K1, K2)[None, :]
-            bias = tl.load(RPB + h * NBIAS + pidx, mask=mask, other=0.0)
-            st += bias
+            bias = tl.load(RPB + h * NBIAS + pidx, mask=mask, other=0.0).to(tl.float32)
+            st += bias * 1.4426950408889634
         pt = tl.where(mask, tl.exp2(st - lse2[None, :]), 0.0)
         dv += tl.dot(pt.to(do.dtype), do, input_precision=DOT_PREC)
         dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)

@@ -202,21 +202,30 @@ def _use_dense(tokens: int, window: int) -> bool:
     return tokens <= _DENSE_FACTOR * window
 
 
-def _dense_bias(bias, tables, tokens: int, dtype) -> tuple[torch.Tensor, tuple, torch.Tensor]:
-    """Additive ``[h or 1, N, N]`` matrix: the RPB on neighbour pairs, -inf elsewhere.
+def _dense_bias(bias, tables, tokens: int, dtype) -> tuple:
+    """``[N, N]`` neighbour mask, the additive ``[h, N, N]`` RPB on neighbour pairs (None without
+    RPB), the (row, key) coordinates of the valid pairs and their RPB bins.
 
-    Also returns the (row, key) coordinates of the valid pairs and their RPB bins.
+    Logits are masked with ``masked_fill``, not by adding -inf: a non-finite key then stays out of
+    the rows whose windows do not hold it (NaN + -inf would be NaN).
     """
     key_idx, valid, bias_idx = tables
     rows = torch.arange(tokens, device=key_idx.device)[:, None].expand_as(key_idx)
     pairs = (rows[valid], key_idx[valid])
-    heads = 1 if bias is None else bias.shape[0]
-    full = torch.full((heads, tokens, tokens), float("-inf"), dtype=dtype, device=key_idx.device)
-    if bias is None:
-        full[:, pairs[0], pairs[1]] = 0
-    else:
-        full[:, pairs[0], pairs[1]] = bias.reshape(heads, -1)[:, bias_idx[valid]]
-    return full, pairs, bias_idx[valid]
+    mask = torch.zeros(tokens, tokens, dtype=torch.bool, device=key_idx.device)
+    mask[pairs[0], pairs[1]] = True
+    full = None
+    if bias is not None:
+        full = torch.zeros(bias.shape[0], tokens, tokens, dtype=dtype, device=key_idx.device)
+        full[:, pairs[0], pairs[1]] = bias.reshape(bias.shape[0], -1)[:, bias_idx[valid]]
+    return full, mask, pairs, bias_idx[valid]
+
+
+def _dense_logits(q, k, full, mask):
+    logits = q @ k.transpose(-1, -2)
+    if full is not None:
+        logits = logits + full
+    return logits.masked_fill_(~mask, float("-inf"))
 
 
 def forward(query, key, value, rpb, kernel_size, dilation, is_causal, scale):
@@ -226,9 +235,10 @@ def forward(query, key, value, rpb, kernel_size, dilation, is_causal, scale):
     )
     key_idx, valid, bias_idx = tables
     tokens, window = key_idx.shape
-    if _use_dense(tokens, window):
-        full, _, _ = _dense_bias(bias, tables, tokens, q.dtype)
-        logits = q @ k.transpose(-1, -2) + full
+    # a masked product would spread a non-finite value to every row: such calls gather
+    if _use_dense(tokens, window) and bool(torch.isfinite(v).all()):
+        full, mask, _, _ = _dense_bias(bias, tables, tokens, q.dtype)
+        logits = _dense_logits(q, k, full, mask)
         lse = torch.logsumexp(logits, dim=-1)
         out = torch.exp(logits - lse.unsqueeze(-1)) @ v
     else:
@@ -247,9 +257,9 @@ def backward(grad_out, query, key, value, rpb, out, lse, kernel_size, dilation, 
     key_idx, valid, bias_idx = tables
     tokens, window = key_idx.shape
     d_out = _heads_first(grad_out, q.dtype)
-    if _use_dense(tokens, window):
-        full, pairs, bins = _dense_bias(bias, tables, tokens, q.dtype)
-        logits = q @ k.transpose(-1, -2) + full
+    if _use_dense(tokens, window) and bool(torch.isfinite(v).all() and torch.isfinite(k).all()):
+        full, mask, pairs, bins = _dense_bias(bias, tables, tokens, q.dtype)
+        logits = _dense_logits(q, k, full, mask)
         probs = torch.exp(logits - torch.logsumexp(logits, dim=-1, keepdim=True))
         d_probs = d_out @ v.transpose(-1, -2)
         d_logits = probs * (d_probs - (d_probs * probs).sum(-1, keepdim=True))

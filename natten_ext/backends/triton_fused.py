@@ -94,15 +94,6 @@ def deterministic() -> bool:
     return env or torch.are_deterministic_algorithms_enabled()
 
 
-def _as6d(x: torch.Tensor, ndim: int) -> torch.Tensor:
-    """[B, *spatial, H, D] -> a [B, S0, S1, S2, H, D] view (size-1 leading axes), unit D stride."""
-    if x.stride(-1) != 1:
-        x = x.contiguous()
-    for _ in range(3 - ndim):
-        x = x.unsqueeze(1)
-    return x
-
-
 def _pad3(values, fill) -> tuple:
     return (fill,) * (3 - len(values)) + tuple(values)
 
@@ -206,27 +197,6 @@ def _bias_precision(dtype: torch.dtype) -> str:
     return "tf32x3" if dtype == torch.float32 else "tf32"
 
 
-def _strides5(x: torch.Tensor) -> tuple[int, ...]:
-    return (x.stride(0), x.stride(1), x.stride(2), x.stride(3), x.stride(4))
-
-
-def _rpb_table(rpb: torch.Tensor | None, heads: int, q: torch.Tensor) -> torch.Tensor:
-    if rpb is None:
-        return q.new_empty(1, 1, dtype=torch.float32)
-    # Pre-scaled by log2(e): the kernels work with exp2.
-    return (rpb.detach().to(torch.float32).reshape(heads, -1) * _k.LOG2E).contiguous()
-
-
-def _common(query, kernel_size, dilation, is_causal):
-    ndim = len(kernel_size)
-    spatial = tuple(query.shape[1 : 1 + ndim])
-    ks = _pad3(kernel_size, 1)
-    dil = _pad3(dilation, 1)
-    causal = _pad3(is_causal, False)
-    sp = _pad3(spatial, 1)
-    return ndim, ks, dil, causal, sp
-
-
 @functools.lru_cache(maxsize=1024)
 def _launch_plan(ndim, ks, dil, causal, sp, head_dim, has_rpb, dtype, det, tune) -> dict:
     """Everything about the launches that depends only on the call's configuration (cached)."""
@@ -270,31 +240,69 @@ def _launch_plan(ndim, ks, dil, causal, sp, head_dim, has_rpb, dtype, det, tune)
                 num_warps=cfg["warps_dkdv"], num_stages=cfg["stages_dkdv"])  # fmt: skip
     return {"ntiles_fwd": _grid_tiles(sp, dil, tf_), "ntiles_dq": _grid_tiles(sp, dil, tq),
             "ntiles_dkdv": _grid_tiles(sp, dil, tk), "fwd": fwd, "dq": dq, "dkdv": dkdv,
-            "mode": mode, "block_bias": block_bias}  # fmt: skip
+            "mode": mode, "block_bias": block_bias, "sp": sp, "dil": dil,
+            "nbias": _prod3(2 * k - 1 for k in ks)}  # fmt: skip
 
 
-def _plan_for(query, rpb, kernel_size, dilation, is_causal, det=False):
-    ndim, ks, dil, causal, sp = _common(query, kernel_size, dilation, is_causal)
-    plan = _launch_plan(
-        ndim, ks, dil, causal, sp, query.shape[-1], rpb is not None, query.dtype, det,
-        tuple(sorted(_TUNE.items())),
+def _plan_for(query, rpb, kernel_size, dilation, is_causal, det=False) -> dict:
+    ndim = len(kernel_size)
+    sp = _pad3(query.shape[1 : 1 + ndim], 1)
+    return _launch_plan(
+        ndim, _pad3(kernel_size, 1), _pad3(dilation, 1), _pad3(is_causal, False), sp,
+        query.shape[-1], rpb is not None, query.dtype, det,
+        tuple(sorted(_TUNE.items())) if _TUNE else (),
     )  # fmt: skip
-    return ndim, sp, dil, plan
+
+
+def _strides(x: torch.Tensor, ndim: int) -> tuple[int, ...]:
+    """(batch, axis0, axis1, axis2, heads) element strides of a heads-last ``[B, *sp, H, D]``
+    tensor; the size-1 padding axes of 1-D/2-D calls get stride 0 (their coordinate is 0)."""
+    st = x.stride()
+    return (st[0], *(0,) * (3 - ndim), *st[1 : 1 + ndim], st[-2])
+
+
+def _lse_strides(batch: int, sp: tuple[int, int, int], heads: int) -> tuple[int, ...]:
+    """Strides of a contiguous ``[B, *sp, H]`` logsumexp."""
+    return (sp[0] * sp[1] * sp[2] * heads, sp[1] * sp[2] * heads, sp[2] * heads, heads, 1)
+
+
+def _unit_last(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _rpb_arg(rpb: torch.Tensor | None, query: torch.Tensor) -> torch.Tensor:
+    """The rpb table as the kernels read it (any float dtype, contiguous; a dummy when absent)."""
+    if rpb is None:
+        return query  # never read: HAS_RPB is off
+    return rpb if rpb.is_contiguous() else rpb.contiguous()
+
+
+def _tracing() -> bool:
+    """Traced by torch.compile / make_fx (launches must go through ``wrap_triton``)."""
+    return torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0
+
+
+def _launch(kernel, grid, *args, **kwargs) -> None:
+    if _tracing() and hasattr(torch.library, "wrap_triton"):
+        torch.library.wrap_triton(kernel)[grid](*args, **kwargs)
+    else:
+        kernel[grid](*args, **kwargs)
 
 
 def forward(query, key, value, rpb, kernel_size, dilation, is_causal, scale):
     """Returns ``out`` [B, *spatial, H, D] (query's dtype) and ``lse`` [B, *spatial, H] fp32."""
-    ndim, sp, dil, plan = _plan_for(query, rpb, kernel_size, dilation, is_causal)
+    ndim = len(kernel_size)
+    plan = _plan_for(query, rpb, kernel_size, dilation, is_causal)
+    sp, dil = plan["sp"], plan["dil"]
     batch, heads = query.shape[0], query.shape[-2]
-    q6, k6, v6 = (_as6d(t, ndim) for t in (query, key, value))
+    query, key, value = _unit_last(query), _unit_last(key), _unit_last(value)
     out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
     lse = torch.empty(query.shape[:-1], dtype=torch.float32, device=query.device)
-    o6 = _as6d(out, ndim)
-    l5 = lse.reshape(batch, *sp, heads)
-    table = _rpb_table(rpb, heads, query)
-    _k._na_fwd_kernel[(plan["ntiles_fwd"] * batch * heads,)](
-        q6, k6, v6, o6, l5, table,
-        *_strides5(q6), *_strides5(k6), *_strides5(v6), *_strides5(o6), *l5.stride(),
+    _launch(
+        _k._na_fwd_kernel, (plan["ntiles_fwd"] * batch * heads,),
+        query, key, value, out, lse, _rpb_arg(rpb, query),
+        *_strides(query, ndim), *_strides(key, ndim), *_strides(value, ndim),
+        *_strides(out, ndim), *_lse_strides(batch, sp, heads),
         heads, plan["ntiles_fwd"], *sp, *dil, scale * _k.LOG2E, **plan["fwd"],
     )  # fmt: skip
     return out, lse
@@ -302,17 +310,20 @@ def forward(query, key, value, rpb, kernel_size, dilation, is_causal, scale):
 
 def backward(grad_out, query, key, value, rpb, out, lse, kernel_size, dilation, is_causal, scale):
     """Returns ``dq, dk, dv`` (input dtypes) and ``drpb`` (rpb's dtype) or None."""
+    ndim = len(kernel_size)
     det = rpb is not None and deterministic()
-    ndim, sp, dil, plan = _plan_for(query, rpb, kernel_size, dilation, is_causal, det)
+    plan = _plan_for(query, rpb, kernel_size, dilation, is_causal, det)
+    sp, dil = plan["sp"], plan["dil"]
     batch, heads = query.shape[0], query.shape[-2]
-    q6, k6, v6, g6, o6 = (_as6d(t, ndim) for t in (query, key, value, grad_out, out))
-    l5 = lse.reshape(batch, *sp, heads).contiguous()
-    delta = torch.empty_like(l5)  # written by the dQ kernel (same layout as l5: one stride set)
+    query, key, value = _unit_last(query), _unit_last(key), _unit_last(value)
+    grad_out, out, lse = _unit_last(grad_out), _unit_last(out), lse.contiguous()
+    lse_st = _lse_strides(batch, sp, heads)
+    delta = torch.empty_like(lse)  # written by the dQ kernel, read by the dK/dV kernel
     dq = torch.empty(query.shape, dtype=query.dtype, device=query.device)
     dk = torch.empty(key.shape, dtype=key.dtype, device=key.device)
     dv = torch.empty(value.shape, dtype=value.dtype, device=value.device)
-    table = _rpb_table(rpb, heads, query)
-    nbias = table.shape[1]
+    table = _rpb_arg(rpb, query)
+    nbias = plan["nbias"]
     ntiles, mode, block_bias = plan["ntiles_dq"], plan["mode"], plan["block_bias"]
     ntiles_kv = plan["ntiles_dkdv"]
     device = query.device
@@ -323,17 +334,19 @@ def backward(grad_out, query, key, value, rpb, out, lse, kernel_size, dilation, 
     elif mode == 3:
         work = torch.zeros(ntiles, batch * heads, nbias, dtype=torch.float32, device=device)
     else:
-        work = table
+        work = lse  # never written: DRPB_MODE 0
+    q_st, k_st, v_st, g_st = (_strides(t, ndim) for t in (query, key, value, grad_out))
     # one flat grid axis per kernel: no 65535 limit on batch * heads
-    _k._na_bwd_dq_kernel[(ntiles * batch * heads,)](
-        q6, k6, v6, g6, o6, l5, delta, dq, table, work,
-        *_strides5(q6), *_strides5(k6), *_strides5(v6), *_strides5(g6), *_strides5(o6),
-        *l5.stride(),
+    _launch(
+        _k._na_bwd_dq_kernel, (ntiles * batch * heads,),
+        query, key, value, grad_out, out, lse, delta, dq, table, work,
+        *q_st, *k_st, *v_st, *g_st, *_strides(out, ndim), *lse_st,
         heads, ntiles, *sp, *dil, scale * _k.LOG2E, scale, _ATOMIC_SPLIT, **plan["dq"],
     )  # fmt: skip
-    _k._na_bwd_dkdv_kernel[(ntiles_kv * batch * heads,)](
-        q6, k6, v6, g6, l5, delta, dk, dv, table,
-        *_strides5(q6), *_strides5(k6), *_strides5(v6), *_strides5(g6), *l5.stride(),
+    _launch(
+        _k._na_bwd_dkdv_kernel, (ntiles_kv * batch * heads,),
+        query, key, value, grad_out, lse, delta, dk, dv, table,
+        *q_st, *k_st, *v_st, *g_st, *lse_st,
         heads, ntiles_kv, *sp, *dil, scale * _k.LOG2E, scale, **plan["dkdv"],
     )  # fmt: skip
 
