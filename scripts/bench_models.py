@@ -221,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         help="compile the compiled modes first in this many worker processes (fills inductor's "
         "on-disk caches, so the measuring process only loads them); 0: compile in place",
     )
+    p.add_argument("--warm-only", action="store_true", help="with --jobs: only fill the caches")
     p.add_argument("--_warm", default="", help=argparse.SUPPRESS)  # worker: model:mode
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -250,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.jobs > 0:
         warm_up_in_workers(args, modes)
+        if args.warm_only:
+            return 0
     if args.profile:
         for name in args.profile.split(","):
             print(profile(name, args, device), flush=True)

@@ -145,6 +145,7 @@ def _na_fwd_kernel(
     R1: tl.constexpr = T1 + K1 - 1
     NBLK: tl.constexpr = (R0 * R1 * RP2 + BLOCK_N - 1) // BLOCK_N
     RB: tl.constexpr = BLOCK_N // RP2
+    qk_scale = tl.cast(qk_scale, tl.float32)  # inductor passes Python floats as float64
     NBIAS: tl.constexpr = (2 * K0 - 1) * (2 * K1 - 1) * (2 * K2 - 1)
 
     idx = tl.program_id(0) % n_tiles  # one flat grid: tiles fastest, then batch * heads
@@ -282,6 +283,8 @@ def _na_bwd_dq_kernel(
     NBLK: tl.constexpr = (R0 * R1 * RP2 + BLOCK_N - 1) // BLOCK_N
     NBIAS: tl.constexpr = (2 * K0 - 1) * (2 * K1 - 1) * (2 * K2 - 1)
     RB: tl.constexpr = BLOCK_N // RP2  # region rows per key block (mode 3)
+    qk_scale = tl.cast(qk_scale, tl.float32)  # inductor passes Python floats as float64
+    scale = tl.cast(scale, tl.float32)
 
     pid = tl.program_id(0) % n_tiles  # one flat grid: tiles fastest, then batch * heads
     idx = pid
@@ -443,6 +446,8 @@ def _na_bwd_dkdv_kernel(
     """
     RQ: tl.constexpr = BLOCK_M // QP2
     BLOCK_N: tl.constexpr = T0 * T1 * T2
+    qk_scale = tl.cast(qk_scale, tl.float32)  # inductor passes Python floats as float64
+    scale = tl.cast(scale, tl.float32)
     NBIAS: tl.constexpr = (2 * K0 - 1) * (2 * K1 - 1) * (2 * K2 - 1)
 
     idx = tl.program_id(0) % n_tiles  # one flat grid: tiles fastest, then batch * heads
