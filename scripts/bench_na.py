@@ -9,7 +9,11 @@ full self-attention through SDPA, and compiled ``flex_attention`` with a neighbo
 (and an RPB ``score_mod`` where the case has RPB). Forward alone and forward+backward, median of
 ``triton.testing.do_bench``. Prints a table; ``--json PATH`` also writes every figure.
 
+``--unfused`` also times the unfused ops (``na*d_qk`` + softmax + ``na*d_av``, NATTEN 0.14-style
+code) on their Triton kernels and on the reference backend.
+
 Usage: python scripts/bench_na.py [--json out.json] [--only nat,dinat,1d,3d] [--no-flex] [--graphs]
+    [--unfused]
 """
 
 from __future__ import annotations
@@ -206,6 +210,18 @@ def na_call(ndim: int):
     return {1: natten_ext.na1d, 2: natten_ext.na2d, 3: natten_ext.na3d}[ndim]
 
 
+def unfused_na(q, k, v, table, ks, dil):
+    """The unfused API on heads-last tensors: qk (+rpb), softmax, av (NATTEN 0.14-style code)."""
+    perm = (0, q.dim() - 2, *range(1, q.dim() - 2), q.dim() - 1)
+    qh, kh, vh = (t.permute(perm) for t in (q, k, v))
+    ndim = q.dim() - 3
+    qk = {1: natten_ext.na1d_qk, 2: natten_ext.na2d_qk, 3: natten_ext.na3d_qk}[ndim]
+    av = {1: natten_ext.na1d_av, 2: natten_ext.na2d_av, 3: natten_ext.na3d_av}[ndim]
+    attn = qk(qh * q.shape[-1] ** -0.5, kh, ks, dil, rpb=table).softmax(-1)
+    out = av(attn, vh, ks, dil)
+    return out.permute(0, *range(2, ndim + 2), 1, ndim + 2)
+
+
 def run_case(name, batch, spatial, heads, dim, ks, dil, rpb_on, opts, dtype=torch.bfloat16):
     ndim = len(spatial)
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -260,6 +276,21 @@ def run_case(name, batch, spatial, heads, dim, ks, dil, rpb_on, opts, dtype=torc
                     all_leaves,
                     quick=True,
                 )
+    if opts.unfused:  # the unfused ops: Triton kernels, and the reference (quick)
+        timed(
+            "unfused_triton",
+            lambda: unfused_na(q, k, v, table, ks, dil),
+            lambda: unfused_na(*leaves, tleaf, ks, dil),
+            all_leaves,
+        )
+        with natten_ext.use_backend("reference"):
+            timed(
+                "unfused_reference",
+                lambda: unfused_na(q, k, v, table, ks, dil),
+                lambda: unfused_na(*leaves, tleaf, ks, dil),
+                all_leaves,
+                quick=True,
+            )
     if ndim == 2 and all(s % 7 == 0 for s in spatial) and dil == (1, 1):
         timed(
             "window",
@@ -303,6 +334,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-flex", dest="flex", action="store_false")
     parser.add_argument("--no-reference", dest="reference", action="store_false")
     parser.add_argument(
+        "--unfused", action="store_true", help="also time the unfused ops (Triton, reference)"
+    )
+    parser.add_argument(
         "--graphs", action="store_true", help="also time fwd+bwd replayed from a CUDA graph"
     )
     opts = parser.parse_args(argv)
@@ -337,6 +371,8 @@ def main(argv: list[str] | None = None) -> None:
         os.replace(tmp, opts.json)
     labels = ["triton", "reference", "reference_gather", "window", "window_nobias", "sdpa_full",
               "flex"]  # fmt: skip
+    if opts.unfused:
+        labels += ["unfused_triton", "unfused_reference"]
     print(f"\n{'case':28s}" + "".join(f"{lab:>22s}" for lab in labels))
     for row in rows:
         cells = []

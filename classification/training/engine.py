@@ -328,7 +328,9 @@ class Trainer:
         barrier()
 
     # ----------------------------------------------------------------- loop
-    def _train_step(self, batches: Iterator[tuple[Any, Any]]) -> tuple[torch.Tensor, float | None]:
+    def _train_step(
+        self, batches: Iterator[tuple[Any, Any]]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         accum = self.cfg["optim"]["accum_steps"]
         amp = self.cfg["train"]["amp"]
         self.optimizer.zero_grad(set_to_none=True)
@@ -356,7 +358,8 @@ class Trainer:
         if clip is not None:
             params = self.raw_model.parameters()
             if mode == "norm":
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+                # a tensor: read on the host only at logging steps (no sync per step)
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
             else:
                 dispatch_clip_grad(params, clip, mode=mode)
         self.step_lr = self._lr()  # the lr this step applies (logged with its loss)
@@ -436,7 +439,7 @@ class Trainer:
                                 "epoch": epoch + 1,
                                 "loss": mean_loss,
                                 "lr": self.step_lr,
-                                "grad_norm": grad_norm,
+                                "grad_norm": None if grad_norm is None else float(grad_norm),
                                 "samples_per_s": rate,
                                 "time": now - t_epoch,
                             }
