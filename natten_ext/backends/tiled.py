@@ -61,7 +61,7 @@ def _axis_tiles(length: int, k: int, d: int, causal: bool, tile: int):
     rows are real duplicates, so every row has a finite softmax) and padded keys are masked.
     """
     t_q = _tile_size(length, k, d, tile)
-    t_b = t_q + k - 1
+    t_b = min(t_q + k - 1, max(-(-(length - g) // d) for g in range(d)))  # <= group length
     qpos, qvalid, bpos, masks, bias = [], [], [], [], []
     for g in range(d):
         lg = -(-(length - g) // d)
@@ -122,7 +122,11 @@ def _plan_cpu(spatial, kernel_size, dilation, is_causal):
     slots = torch.nonzero(qvalid.reshape(-1)).squeeze(1)
     out_index = torch.empty(n, dtype=torch.long)
     out_index[flat_q[slots]] = slots
-    return qidx, qvalid, kidx, mask, bias, out_index
+    # the rpb index of every (query, box key) pair, pointing past the table (to a -inf entry
+    # appended per call) where the key is outside the query's window
+    nbias = math.prod(2 * k - 1 for k in kernel_size)
+    bias_gather = bias.masked_fill(~mask, nbias).reshape(-1)
+    return qidx, qvalid, kidx, mask, bias, out_index, bias_gather
 
 
 _device_plans: dict[tuple, tuple] = {}
@@ -135,6 +139,7 @@ def _plan(spatial, kernel_size, dilation, is_causal, device: torch.device):
         plan = _plan_cpu(*key[:4])
         if device.type != "cpu":
             plan = tuple(t.to(device) for t in plan)
+        plan = (*plan, {})  # tables derived per dtype (see _bias_mask)
         if len(_device_plans) > 128:
             _device_plans.clear()
         _device_plans[key] = plan
@@ -146,8 +151,9 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _heads_first(t: torch.Tensor, ct: torch.dtype) -> torch.Tensor:
-    """``[B, *spatial, h, D]`` -> ``[B, h, N, D]`` in the compute dtype."""
-    return t.flatten(1, -3).transpose(1, 2).to(ct)
+    """``[B, *spatial, h, D]`` -> contiguous ``[B, h, N, D]`` in the compute dtype (row gathers
+    from a contiguous tensor are copies of whole rows; from a strided view, element by element)."""
+    return t.flatten(1, -3).transpose(1, 2).to(ct).contiguous()
 
 
 def _chunks(n_tiles: int, per_tile: int) -> list[slice]:
@@ -156,19 +162,30 @@ def _chunks(n_tiles: int, per_tile: int) -> list[slice]:
 
 
 def _gather(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``t[:, :, index]`` for a ``[B, h, N, D]`` tensor and an index of any shape."""
-    out = t.index_select(2, index.reshape(-1))
-    return out.view(*t.shape[:2], *index.shape, t.shape[-1])
+    """``t[:, :, index]`` for a contiguous ``[B, h, N, X]`` tensor and an index of any shape.
+
+    Gathered along the middle axis of a 3-D view: on CPU that is about 10x faster than
+    ``index_select`` on the 4-D tensor's third axis (or advanced indexing)."""
+    b, h, n, x = t.shape
+    out = t.reshape(b * h, n, x).index_select(1, index.reshape(-1))
+    return out.view(b, h, *index.shape, x)
 
 
-def _bias_mask(rpb, bias_idx, mask, ct):
+def _bias_mask(rpb, plan, ct):
     """Additive ``[h or 1, tiles, Q, Kb]`` table: the RPB on window pairs, -inf elsewhere."""
-    if rpb is None:
-        table = torch.zeros(mask.shape, dtype=ct, device=mask.device)[None]
-    else:
-        flat = rpb.to(ct).reshape(rpb.shape[0], -1)
-        table = flat.index_select(1, bias_idx.reshape(-1)).view(rpb.shape[0], *bias_idx.shape)
-    return table.masked_fill_(~mask, float("-inf"))
+    mask, bias_gather, derived = plan[3], plan[6], plan[7]
+    if rpb is None:  # constant per plan and dtype
+        table = derived.get(ct)
+        if table is None:
+            table = torch.zeros(mask.shape, dtype=ct, device=mask.device)
+            table = derived[ct] = table.masked_fill_(~mask, float("-inf"))[None]
+        return table
+    heads = rpb.shape[0]
+    flat = rpb.to(ct).reshape(heads, -1)
+    flat = torch.cat([flat, flat.new_full((heads, 1), float("-inf"))], 1)
+    # torch.gather with an expanded index: the fastest CPU gather of single elements
+    table = torch.gather(flat, 1, bias_gather.expand(heads, -1))
+    return table.view(heads, *mask.shape)
 
 
 def _logits(q, k, bias_mask, kidx, qidx, tiles):
@@ -192,14 +209,14 @@ def _setup(query, key, value, rpb, kernel_size, dilation, is_causal, scale):
     plan = _plan(tuple(query.shape[1:-2]), kernel_size, dilation, is_causal, query.device)
     q = _heads_first(query, ct) * scale
     k, v = _heads_first(key, ct), _heads_first(value, ct)
-    return ct, plan, q, k, v, _bias_mask(rpb, plan[4], plan[3], ct)
+    return ct, plan, q, k, v, _bias_mask(rpb, plan, ct)
 
 
 def _attend(query, key, value, rpb, kernel_size, dilation, is_causal, scale, with_lse: bool):
     _, plan, q, k, v, bias_mask = _setup(
         query, key, value, rpb, kernel_size, dilation, is_causal, scale
     )
-    qidx, _, kidx, mask, _, out_index = plan
+    qidx, _, kidx, mask, _, out_index = plan[:6]
     b, h, _, d = q.shape
     n_tiles, t_q, t_b = mask.shape
     out_t = q.new_empty(b, h, n_tiles, t_q, d)
@@ -214,11 +231,11 @@ def _attend(query, key, value, rpb, kernel_size, dilation, is_causal, scale, wit
         else:
             p = torch.softmax(s, -1)
         out_t[:, :, tiles] = p @ _gather(v, kidx[tiles])
-    out = out_t.reshape(b, h, -1, d).index_select(2, out_index).transpose(1, 2)
+    out = _gather(out_t.reshape(b, h, -1, d), out_index).transpose(1, 2)
     out = out.reshape(query.shape).to(query.dtype).contiguous()  # as the op's fake promises
     if not with_lse:
         return out
-    lse = lse_t.reshape(b, h, -1).index_select(2, out_index).transpose(1, 2)
+    lse = _gather(lse_t.reshape(b, h, -1, 1), out_index)[..., 0].transpose(1, 2)
     return out, lse.reshape(query.shape[:-1]).float().contiguous()
 
 
@@ -246,7 +263,7 @@ def backward(grad_out, query, key, value, rpb, out, lse, kernel_size, dilation, 
     ct, plan, q, k, v, bias_mask = _setup(
         query, key, value, rpb, kernel_size, dilation, is_causal, scale
     )
-    qidx, qvalid, kidx, mask, bias_idx, out_index = plan
+    qidx, qvalid, kidx, mask, bias_idx, out_index = plan[:6]
     d_out = _heads_first(grad_out, ct)
     b, h, _, d = q.shape
     n_tiles, t_q, t_b = mask.shape
@@ -265,11 +282,11 @@ def backward(grad_out, query, key, value, rpb, out, lse, kernel_size, dilation, 
         ds = dp.sub_((dp * p).sum(-1, keepdim=True)).mul_(p)
         dq_t[:, :, tiles] = ds @ kt
         keys = kidx[tiles].reshape(-1)
-        dk.index_add_(2, keys, (ds.transpose(-1, -2) @ qt).reshape(b, h, -1, d))
-        dv.index_add_(2, keys, (p.transpose(-1, -2) @ g).reshape(b, h, -1, d))
+        dk.view(b * h, -1, d).index_add_(1, keys, (ds.transpose(-1, -2) @ qt).view(b * h, -1, d))
+        dv.view(b * h, -1, d).index_add_(1, keys, (p.transpose(-1, -2) @ g).view(b * h, -1, d))
         if d_bias is not None:
             d_bias[:, tiles] = ds.sum(0)
-    dq = dq_t.reshape(b, h, -1, d).index_select(2, out_index) * scale
+    dq = _gather(dq_t.reshape(b, h, -1, d), out_index) * scale
     drpb = None
     if d_bias is not None:
         flat = torch.zeros(h, rpb[0].numel(), dtype=ct, device=q.device)
