@@ -125,3 +125,14 @@ def test_export_script(tmp_path):
         cwd=ROOT,
     )
     assert bad.returncode != 0 and "no_such_model" in bad.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(timm.list_models(module=["nat", "dinat_s", "isotropic"])))
+def test_torch_export_every_model(name):
+    """Every registered model exports (built on the meta device: tracing needs only shapes)."""
+    model = timm.create_model(name, device="meta").eval()
+    for size in ((224, 224), (256, 320)):
+        x = torch.randn(1, 3, *size, device="meta")
+        program = torch.export.export(model, (x,))
+        assert program.module()(x).shape == (1, model.num_classes)
