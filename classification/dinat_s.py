@@ -20,7 +20,13 @@ from torch import nn
 
 from .checkpoint import checkpoint_filter_fn
 from .dilation import D224, D384
-from .layers import HierarchicalMixin, build_levels, check_hierarchical_args, materialize
+from .layers import (
+    HierarchicalMixin,
+    build_levels,
+    check_hierarchical_args,
+    materialize,
+    pretrained_tag_defaults,
+)
 
 __all__ = ["DiNAT_s"]
 
@@ -171,9 +177,11 @@ def _build(
     schedule: Callable[[Sequence[int]], list[list[int]]],
     **kwargs: Any,
 ) -> DiNAT_s:
-    """The variant's hyper-parameters, overridable by the caller; ``schedule`` (D224/D384) gives
-    the dilations for the final depths unless ``dilations`` is passed."""
-    args = dict(arch, mlp_ratio=4.0, **kwargs)
+    """The variant's hyper-parameters (those of its pretrained tag first), overridable by the
+    caller; ``schedule`` (D224/D384) gives the dilations for the final depths unless
+    ``dilations`` is passed."""
+    args = dict(arch, mlp_ratio=4.0, **pretrained_tag_defaults(variant, kwargs))
+    args.update(kwargs)
     args.setdefault("dilations", schedule(args["depths"]))
     return _create_dinat_s(variant, pretrained, **args)
 

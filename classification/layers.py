@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from timm.layers import DropPath, Mlp, trunc_normal_
-from timm.models import register_notrace_module
+from timm.models import register_notrace_module, resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 from torch import Tensor, nn
@@ -38,7 +38,12 @@ __all__ = [
     "check_dilations",
     "init_module_weights",
     "materialize",
+    "pretrained_tag_defaults",
 ]
+
+# The ImageNet-22K pre-training runs of the Large models used drop path 0.2 (the original `in22k`
+# model definitions); their 1K fine-tunes (the registered defaults) use 0.35.
+_TAG_DEFAULTS: dict[str, dict[str, Any]] = {"in22k": {"drop_path_rate": 0.2}}
 
 
 def init_module_weights(module: nn.Module) -> None:
@@ -75,6 +80,13 @@ def materialize(
         model.init_weights()
     if dtype is not None:
         model.to(dtype=dtype)
+
+
+def pretrained_tag_defaults(variant: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Hyper-parameters that depend on the pretrained tag ``kwargs`` asks for (e.g.
+    ``timm.create_model("dinat_large.in22k")``); arguments the caller passes still win."""
+    tag = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get("pretrained_cfg")).tag
+    return dict(_TAG_DEFAULTS.get(tag or "", {}))
 
 
 def check_dilations(

@@ -18,7 +18,13 @@ from torch import Tensor, nn
 
 from .checkpoint import checkpoint_filter_fn
 from .dilation import D224, D384
-from .layers import HierarchicalMixin, build_levels, check_hierarchical_args, materialize
+from .layers import (
+    HierarchicalMixin,
+    build_levels,
+    check_hierarchical_args,
+    materialize,
+    pretrained_tag_defaults,
+)
 
 __all__ = ["NAT", "ConvDownsampler", "ConvTokenizer", "DiNAT"]
 
@@ -212,9 +218,10 @@ _LARGE = dict(depths=(3, 4, 18, 5), num_heads=(6, 12, 24, 48), embed_dim=192, ml
 
 
 def _build(variant: str, pretrained: bool, arch: dict[str, Any], **kwargs: Any) -> NAT:
-    """Merge the variant's hyper-parameters with the caller's; a schedule function in
-    ``dilations`` (D224/D384) is expanded for the final depths."""
-    args = dict(arch, **kwargs)
+    """Merge the variant's hyper-parameters (those of its pretrained tag first) with the caller's;
+    a schedule function in ``dilations`` (D224/D384) is expanded for the final depths."""
+    args = dict(arch, **pretrained_tag_defaults(variant, kwargs))
+    args.update(kwargs)
     if callable(args.get("dilations")):
         args["dilations"] = args["dilations"](args["depths"])
     return _create_nat(variant, pretrained, **args)
