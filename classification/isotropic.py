@@ -301,6 +301,8 @@ def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
         "first_conv": "patch_embed.proj",
         "classifier": "head",
         "license": "mit",
+        "origin_url": "https://github.com/SHI-Labs/Neighborhood-Attention-Transformer",
+        "paper_ids": "arXiv:2209.15001",
         **kwargs,
     }
 

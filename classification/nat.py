@@ -175,11 +175,15 @@ def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
         "first_conv": "patch_embed.proj.0",
         "classifier": "head",
         "license": "mit",
+        "origin_url": _ORIGIN,
+        "paper_ids": _NAT_PAPER if "/nat/" in url else _DINAT_PAPER,
         **kwargs,
     }
 
 
 _NAT = "https://shi-labs.com/projects/nat/checkpoints/CLS/"
+_ORIGIN = "https://github.com/SHI-Labs/Neighborhood-Attention-Transformer"
+_NAT_PAPER, _DINAT_PAPER = "arXiv:2204.07143", "arXiv:2209.15001"
 _DINAT = "https://shi-labs.com/projects/dinat/checkpoints/"
 _384 = dict(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0)
 

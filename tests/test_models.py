@@ -109,6 +109,9 @@ def test_pretrained_cfgs():
     cfg = timm.get_pretrained_cfg("dinat_large.in22k").to_dict()
     assert cfg["num_classes"] == 21841
     assert timm.get_pretrained_cfg("nat_tiny").url.endswith("/CLS/nat_tiny.pth")
+    assert timm.get_pretrained_cfg("nat_tiny").paper_ids == "arXiv:2204.07143"  # NAT
+    assert timm.get_pretrained_cfg("dinat_tiny").paper_ids == "arXiv:2209.15001"  # DiNAT
+    assert timm.get_pretrained_cfg("vitrpb_small").paper_ids == "arXiv:2209.15001"
     assert meta_model("dinat_large.in22k").num_classes == 21841
 
 
