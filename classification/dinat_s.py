@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
+import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import PatchEmbed
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
@@ -19,7 +20,13 @@ from torch import nn
 
 from .checkpoint import checkpoint_filter_fn
 from .dilation import D224, D384
-from .layers import HierarchicalMixin, build_levels, check_hierarchical_args, init_weights
+from .layers import (
+    HierarchicalMixin,
+    build_levels,
+    check_hierarchical_args,
+    materialize,
+    pretrained_tag_defaults,
+)
 
 __all__ = ["DiNAT_s"]
 
@@ -31,7 +38,7 @@ class DiNAT_s(HierarchicalMixin, nn.Module):
         depths, num_heads, embed_dim, mlp_ratio, kernel_size, dilations (per-level lists of
         per-block dilations), drop_rate, attn_drop_rate, drop_path_rate, in_chans, num_classes
         (``0``: no head), global_pool: as :class:`classification.nat.NAT` (no layer scale here).
-        patch_size: the patch embedding's stride (4).
+        patch_size: the patch embedding's stride (4). device, dtype: as for NAT.
 
     The stem is timm's ``PatchEmbed`` (4x4 conv, padded to a multiple of 4, LayerNorm) and the
     downsampler timm's Swin ``PatchMerging`` (2x2 gather in the order (0,0), (1,0), (0,1), (1,1),
@@ -60,12 +67,15 @@ class DiNAT_s(HierarchicalMixin, nn.Module):
         num_classes: int = 1000,
         global_pool: str = "avg",
         norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__()
         dilations = check_hierarchical_args(
             "DiNAT_s", kwargs, depths, num_heads, global_pool, drop_path_rate, dilations
         )
+        self.in_chans = in_chans
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.kernel_size = kernel_size
@@ -74,37 +84,38 @@ class DiNAT_s(HierarchicalMixin, nn.Module):
         dims = [embed_dim * 2**i for i in range(self.num_levels)]
         self.num_features = self.head_hidden_size = dims[-1]
 
-        self.patch_embed = PatchEmbed(
-            img_size=None,
-            patch_size=patch_size,
-            in_chans=in_chans,
-            embed_dim=embed_dim,
-            norm_layer=norm_layer,
-            output_fmt="NHWC",
-            strict_img_size=False,
-            dynamic_img_pad=True,
-        )
-        self.pos_drop = nn.Dropout(drop_rate)
-        self.layers, self.feature_info = build_levels(
-            dims,
-            depths,
-            num_heads,
-            kernel_size,
-            dilations,
-            drop_path_rate,
-            downsample=partial(PatchMerging, norm_layer=norm_layer),
-            module_name="layers",
-            stem_stride=patch_size,
-            mlp_ratio=mlp_ratio,
-            qkv_bias=qkv_bias,
-            qk_scale=qk_scale,
-            drop=drop_rate,
-            attn_drop=attn_drop_rate,
-            norm_layer=norm_layer,
-        )
-        self.norm = norm_layer(self.num_features)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(init_weights)
+        with torch.device("meta"):  # allocated and initialised by materialize() below
+            self.patch_embed = PatchEmbed(
+                img_size=None,
+                patch_size=patch_size,
+                in_chans=in_chans,
+                embed_dim=embed_dim,
+                norm_layer=norm_layer,
+                output_fmt="NHWC",
+                strict_img_size=False,
+                dynamic_img_pad=True,
+            )
+            self.pos_drop = nn.Dropout(drop_rate)
+            self.layers, self.feature_info = build_levels(
+                dims,
+                depths,
+                num_heads,
+                kernel_size,
+                dilations,
+                drop_path_rate,
+                downsample=partial(PatchMerging, norm_layer=norm_layer),
+                module_name="layers",
+                stem_stride=patch_size,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias,
+                qk_scale=qk_scale,
+                drop=drop_rate,
+                attn_drop=attn_drop_rate,
+                norm_layer=norm_layer,
+            )
+            self.norm = norm_layer(self.num_features)
+            self.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        materialize(self, device, dtype)
 
 
 def _create_dinat_s(variant: str, pretrained: bool = False, **kwargs: Any) -> DiNAT_s:
@@ -133,6 +144,8 @@ def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
         "first_conv": "patch_embed.proj",
         "classifier": "head",
         "license": "mit",
+        "origin_url": "https://github.com/SHI-Labs/Neighborhood-Attention-Transformer",
+        "paper_ids": "arXiv:2209.15001",
         **kwargs,
     }
 
@@ -166,9 +179,11 @@ def _build(
     schedule: Callable[[Sequence[int]], list[list[int]]],
     **kwargs: Any,
 ) -> DiNAT_s:
-    """The variant's hyper-parameters, overridable by the caller; ``schedule`` (D224/D384) gives
-    the dilations for the final depths unless ``dilations`` is passed."""
-    args = dict(arch, mlp_ratio=4.0, **kwargs)
+    """The variant's hyper-parameters (those of its pretrained tag first), overridable by the
+    caller; ``schedule`` (D224/D384) gives the dilations for the final depths unless
+    ``dilations`` is passed."""
+    args = dict(arch, mlp_ratio=4.0, **pretrained_tag_defaults(variant, kwargs))
+    args.update(kwargs)
     args.setdefault("dilations", schedule(args["depths"]))
     return _create_dinat_s(variant, pretrained, **args)
 

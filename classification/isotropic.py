@@ -16,30 +16,50 @@ from typing import Any
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import PatchEmbed, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import (
+    build_model_with_cfg,
+    generate_default_cfgs,
+    register_model,
+    register_notrace_function,
+)
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 from torch import Tensor, nn
 
 from .checkpoint import checkpoint_filter_fn
-from .layers import ClassifierMixin, NATransformerBlock, init_weights
+from .layers import ClassifierMixin, NATransformerBlock, materialize
 
 __all__ = ["GlobalAttentionRPB", "NATIsotropic"]
 
 
 def relative_position_index(
-    grid: int, height: int | None = None, width: int | None = None
+    grid: int,
+    height: int | None = None,
+    width: int | None = None,
+    device: torch.device | None = None,
 ) -> Tensor:
     """Index into a flattened ``(2g-1) x (2g-1)`` table for every (query, key) token pair of a
     ``height x width`` map: ``(kh - qh + g - 1) * (2g - 1) + (kw - qw + g - 1)`` (key minus
     query), offsets clamped to the table's range when the map is larger than ``grid``."""
     height = grid if height is None else height
     width = grid if width is None else width
-    ch, cw = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    ch, cw = torch.meshgrid(
+        [torch.arange(height, device=device), torch.arange(width, device=device)], indexing="ij"
+    )
     ch, cw = ch.flatten(), cw.flatten()
     dh = (ch[None, :] - ch[:, None]).clamp(-(grid - 1), grid - 1)
     dw = (cw[None, :] - cw[:, None]).clamp(-(grid - 1), grid - 1)
     return (dh + grid - 1) * (2 * grid - 1) + (dw + grid - 1)
+
+
+@register_notrace_function  # an FX leaf: which index to use depends on the map's size
+def rpb_attention_bias(rpb: Tensor, index: Tensor, height: int, width: int) -> Tensor:
+    """The ``[heads, N, N]`` bias of a ``height x width`` map from an rpb table ``[heads, 2g-1,
+    2g-1]``; ``index`` is the precomputed index of the ``g x g`` training grid."""
+    grid = (rpb.shape[-1] + 1) // 2
+    if height != grid or width != grid:
+        index = relative_position_index(grid, height, width, device=rpb.device)
+    return rpb.flatten(1)[:, index]
 
 
 class GlobalAttentionRPB(nn.Module):
@@ -68,25 +88,29 @@ class GlobalAttentionRPB(nn.Module):
         self.scale = qk_scale if qk_scale is not None else self.head_dim**-0.5
         self.grid_size = grid_size
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.rpb = nn.Parameter(torch.zeros(num_heads, 2 * grid_size - 1, 2 * grid_size - 1))
-        trunc_normal_(self.rpb, std=0.02)
-        self.register_buffer("relative_position_index", relative_position_index(grid_size))
+        self.rpb = nn.Parameter(torch.empty(num_heads, 2 * grid_size - 1, 2 * grid_size - 1))
+        self.register_buffer(
+            "relative_position_index", torch.empty(grid_size**2, grid_size**2, dtype=torch.long)
+        )
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        self.reset_parameters()
 
-    def _bias(self, height: int, width: int) -> Tensor:
-        if height == width == self.grid_size:
-            index = self.relative_position_index
-        else:
-            index = relative_position_index(self.grid_size, height, width).to(self.rpb.device)
-        return self.rpb.flatten(1)[:, index]  # heads, N, N
+    def reset_parameters(self) -> None:
+        """rpb: truncated normal (std 0.02); the index buffer: recomputed (works on meta)."""
+        trunc_normal_(self.rpb, std=0.02)
+        index = self.relative_position_index
+        with torch.no_grad():
+            index.copy_(relative_position_index(self.grid_size, device=index.device))
 
     def forward(self, x: Tensor) -> Tensor:
         b, h, w, c = x.shape
         qkv = self.qkv(x.reshape(b, h * w, c)).reshape(b, h * w, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, N, D]
-        attn = (q * self.scale) @ k.transpose(-2, -1) + self._bias(h, w)
+        qkv = qkv.permute(2, 0, 3, 1, 4)  # 3, B, heads, N, D
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        bias = rpb_attention_bias(self.rpb, self.relative_position_index, h, w)
+        attn = (q * self.scale) @ k.transpose(-2, -1) + bias
         attn = self.attn_drop(attn.softmax(dim=-1))
         x = (attn @ v).transpose(1, 2).reshape(b, h, w, c)
         return self.proj_drop(self.proj(x))
@@ -101,6 +125,7 @@ class NATIsotropic(ClassifierMixin, nn.Module):
         mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate, drop_path_rate, global_pool.
         attention: ``"na"`` (neighborhood attention) or ``"global_rpb"`` (ViT-rpb).
         kernel_size, dilation: NA kernel and the dilation of the odd layers (even layers use 1).
+        device, dtype: as for :class:`classification.nat.NAT` (built on meta, then materialised).
     """
 
     def __init__(
@@ -123,6 +148,8 @@ class NATIsotropic(ClassifierMixin, nn.Module):
         drop_path_rate: float = 0.1,
         global_pool: str = "avg",
         norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -138,53 +165,55 @@ class NATIsotropic(ClassifierMixin, nn.Module):
             if img_size[0] != img_size[1]:
                 raise ValueError(f"img_size must be square for the RPB grid, got {img_size}")
             img_size = img_size[0]
+        self.in_chans = in_chans
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.grad_checkpointing = False
-        self.patch_embed = PatchEmbed(
-            img_size=None,
-            patch_size=patch_size,
-            in_chans=in_chans,
-            embed_dim=embed_dim,
-            norm_layer=norm_layer,
-            output_fmt="NHWC",
-            strict_img_size=False,
-            dynamic_img_pad=True,
-        )
-        self.pos_drop = nn.Dropout(drop_rate)
         attn_layer = (
             partial(GlobalAttentionRPB, grid_size=img_size // patch_size)
             if attention == "global_rpb"
             else None
         )
         dpr = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
-        self.layers = nn.Sequential(
-            *(
-                NATransformerBlock(
-                    embed_dim,
-                    num_heads,
-                    kernel_size=kernel_size,
-                    dilation=1 if i % 2 == 0 else dilation,
-                    mlp_ratio=mlp_ratio,
-                    qkv_bias=qkv_bias,
-                    qk_scale=qk_scale,
-                    drop=drop_rate,
-                    attn_drop=attn_drop_rate,
-                    drop_path=dpr[i],
-                    norm_layer=norm_layer,
-                    attn_layer=attn_layer,
-                )
-                for i in range(depth)
+        with torch.device("meta"):  # allocated and initialised by materialize() below
+            self.patch_embed = PatchEmbed(
+                img_size=None,
+                patch_size=patch_size,
+                in_chans=in_chans,
+                embed_dim=embed_dim,
+                norm_layer=norm_layer,
+                output_fmt="NHWC",
+                strict_img_size=False,
+                dynamic_img_pad=True,
             )
-        )
+            self.pos_drop = nn.Dropout(drop_rate)
+            self.layers = nn.Sequential(
+                *(
+                    NATransformerBlock(
+                        embed_dim,
+                        num_heads,
+                        kernel_size=kernel_size,
+                        dilation=1 if i % 2 == 0 else dilation,
+                        mlp_ratio=mlp_ratio,
+                        qkv_bias=qkv_bias,
+                        qk_scale=qk_scale,
+                        drop=drop_rate,
+                        attn_drop=attn_drop_rate,
+                        drop_path=dpr[i],
+                        norm_layer=norm_layer,
+                        attn_layer=attn_layer,
+                    )
+                    for i in range(depth)
+                )
+            )
+            self.norm = norm_layer(embed_dim)
+            self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.feature_info = [
             dict(num_chs=embed_dim, reduction=patch_size, module=f"layers.{i}")
             for i in range(depth)
         ]
-        self.norm = norm_layer(embed_dim)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(init_weights)
+        materialize(self, device, dtype)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
@@ -194,15 +223,13 @@ class NATIsotropic(ClassifierMixin, nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
-    def _run(self, layer: nn.Module, x: Tensor) -> Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
-            return checkpoint(layer, x)
-        return layer(x)
-
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.pos_drop(self.patch_embed(x))
         for layer in self.layers:
-            x = self._run(layer, x)
+            if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+                x = checkpoint(layer, x)
+            else:
+                x = layer(x)
         return self.norm(x)
 
     def forward_intermediates(
@@ -223,7 +250,10 @@ class NATIsotropic(ClassifierMixin, nn.Module):
         intermediates = []
         x = self.pos_drop(self.patch_embed(x))
         for i, layer in enumerate(layers):
-            x = self._run(layer, x)
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(layer, x)
+            else:
+                x = layer(x)
             if i in take_indices:
                 y = self.norm(x) if norm else x
                 intermediates.append(
@@ -271,6 +301,8 @@ def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
         "first_conv": "patch_embed.proj",
         "classifier": "head",
         "license": "mit",
+        "origin_url": "https://github.com/SHI-Labs/Neighborhood-Attention-Transformer",
+        "paper_ids": "arXiv:2209.15001",
         **kwargs,
     }
 

@@ -4,21 +4,31 @@
   ``attn.{qkv,rpb,proj}``, ``norm2``, ``mlp.{fc1,fc2}``, optional ``gamma1``/``gamma2``).
 - :class:`NALevel`: a level of blocks with an optional downsampler run *after* the blocks.
 - :class:`ClassifierMixin` and :class:`HierarchicalMixin`: the timm model API (head, weight decay,
-  intermediates, pruning, gradient checkpointing) written once for the three families.
-"""
+  intermediates, pruning, gradient checkpointing, initialisation) written once for the three
+  families.
 
-from __future__ import annotations
+Every model is built on the meta device and then materialised by :func:`materialize` on the
+requested ``device`` (default: the current default device) and initialised there by the model's
+``init_weights()``, so ``timm.create_model(name, device="cuda", dtype=torch.bfloat16)`` allocates
+the weights once, where they are used, and ``device="meta"`` allocates nothing. The
+``natten_ext`` attention modules are registered with timm as FX leaves here (their padding depends
+on the input's shape); their forward is TorchScript-compatible.
+"""
 
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.models import register_notrace_module, resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 from torch import Tensor, nn
 
-from natten_ext import NeighborhoodAttention2D
+from natten_ext import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
+
+for _cls in (NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D):
+    register_notrace_module(_cls)
 
 __all__ = [
     "ClassifierMixin",
@@ -26,11 +36,17 @@ __all__ = [
     "NALevel",
     "NATransformerBlock",
     "check_dilations",
-    "init_weights",
+    "init_module_weights",
+    "materialize",
+    "pretrained_tag_defaults",
 ]
 
+# The ImageNet-22K pre-training runs of the Large models used drop path 0.2 (the original `in22k`
+# model definitions); their 1K fine-tunes (the registered defaults) use 0.35.
+_TAG_DEFAULTS: dict[str, dict[str, Any]] = {"in22k": {"drop_path_rate": 0.2}}
 
-def init_weights(module: nn.Module) -> None:
+
+def init_module_weights(module: nn.Module) -> None:
     """Spec init: Linear trunc_normal(std 0.02) with zero bias, LayerNorm weight 1 / bias 0.
 
     Convolutions keep PyTorch's default init, as in the original code; ``rpb`` tables are
@@ -43,6 +59,34 @@ def init_weights(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+def materialize(
+    model: nn.Module,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> None:
+    """Allocate a model built on the meta device and initialise it with ``model.init_weights()``.
+
+    ``device`` defaults to the current default device (``torch.get_default_device()``, which a
+    ``with torch.device(...)`` block sets); on ``"meta"`` nothing is allocated. Floating
+    parameters and buffers are then cast to ``dtype`` when it is given.
+    """
+    target = torch.device(device) if device is not None else torch.get_default_device()
+    if dtype is not None and not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating dtype, got {dtype}")
+    if target.type != "meta":
+        model.to_empty(device=target)
+        model.init_weights()
+    if dtype is not None:
+        model.to(dtype=dtype)
+
+
+def pretrained_tag_defaults(variant: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Hyper-parameters that depend on the pretrained tag ``kwargs`` asks for (e.g.
+    ``timm.create_model("dinat_large.in22k")``); arguments the caller passes still win."""
+    tag = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get("pretrained_cfg")).tag
+    return dict(_TAG_DEFAULTS.get(tag or "", {}))
 
 
 def check_dilations(
@@ -134,10 +178,19 @@ class NATransformerBlock(nn.Module):
                 raise ValueError(
                     f"layer_scale must be a positive number or None, got {layer_scale}"
                 )
-            self.gamma1 = nn.Parameter(torch.full((dim,), float(layer_scale)))
-            self.gamma2 = nn.Parameter(torch.full((dim,), float(layer_scale)))
+            self.layer_scale = float(layer_scale)
+            self.gamma1 = nn.Parameter(torch.empty(dim))
+            self.gamma2 = nn.Parameter(torch.empty(dim))
         else:
+            self.layer_scale = None
             self.gamma1 = self.gamma2 = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Fill the layer-scale vectors with ``layer_scale`` (submodules reset themselves)."""
+        if self.gamma1 is not None and self.gamma2 is not None and self.layer_scale is not None:
+            nn.init.constant_(self.gamma1, self.layer_scale)
+            nn.init.constant_(self.gamma2, self.layer_scale)
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.attn(self.norm1(x))
@@ -227,23 +280,40 @@ def build_levels(
                 **block_kwargs,
             )
         )
+        # the level's last block: its output is the level's feature map (before downsampling),
+        # for the FX and hook feature extractors
         feature_info.append(
-            dict(num_chs=dims[i], reduction=stem_stride * 2**i, module=f"{module_name}.{i}")
+            dict(
+                num_chs=dims[i],
+                reduction=stem_stride * 2**i,
+                module=f"{module_name}.{i}.blocks.{depth - 1}",
+            )
         )
     return levels, feature_info
 
 
 class ClassifierMixin:
-    """Head and optimizer API shared by every family.
+    """Head, optimizer and initialisation API shared by every family.
 
     Expects ``self.head`` (Linear or Identity), ``self.num_features``, ``self.num_classes``,
-    ``self.global_pool`` (``"avg"`` or ``""``) and ``forward_features`` returning ``[B, H, W, C]``.
+    ``self.global_pool`` (``"avg"`` or ``""``) and ``forward_features`` returning ``[B, H, W, C]``
+    (hence ``output_fmt = "NHWC"``, as timm's channels-last models declare).
     """
 
-    num_classes: int
-    num_features: int
-    global_pool: str
-    head: nn.Module
+    output_fmt = "NHWC"
+
+    @torch.jit.ignore
+    def init_weights(self) -> None:
+        """(Re)initialise every parameter and computed buffer, e.g. after ``to_empty()``.
+
+        Each submodule's own ``reset_parameters()`` runs first (PyTorch's defaults for
+        convolutions, the rpb tables and ViT-rpb's index buffer, layer scale), then Linear and
+        LayerNorm get the spec init (:func:`init_module_weights`).
+        """
+        for module in self.modules():
+            if module is not self and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        self.apply(init_module_weights)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -259,7 +329,8 @@ class ClassifierMixin:
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the head by a freshly initialised ``Linear(num_features, num_classes)``."""
+        """Replace the head by a freshly initialised ``Linear(num_features, num_classes)`` on the
+        model's device and dtype, in the model's training mode (``0`` leaves no head)."""
         if not isinstance(num_classes, int) or num_classes < 0:
             raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
         if global_pool is not None:
@@ -270,10 +341,10 @@ class ClassifierMixin:
         ref = next(self.parameters())
         if num_classes > 0:
             head = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
-            init_weights(head)
+            init_module_weights(head)
         else:
             head = nn.Identity()
-        self.head = head
+        self.head = head.train(self.training)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Mean over tokens (when ``global_pool == "avg"``) then the linear head."""
@@ -289,14 +360,12 @@ class HierarchicalMixin(ClassifierMixin):
     """timm API of the four-level models (NAT/DiNAT keep their levels in ``levels``, DiNAT_s in
     ``layers``; ``stage_attr`` names the attribute so the state-dict keys stay the original ones).
 
-    Expects ``patch_embed``, ``pos_drop``, the ModuleList of :class:`NALevel` and ``norm``.
+    Expects ``patch_embed``, ``pos_drop``, the ModuleList of :class:`NALevel`, ``norm`` and
+    ``feature_info``. (No class-level annotations here: TorchScript would read them as the types
+    of module attributes.)
     """
 
-    stage_attr: str
-    patch_embed: nn.Module
-    pos_drop: nn.Module
-    norm: nn.Module
-    feature_info: list[dict[str, Any]]
+    __jit_unused_properties__ = ["stages"]
 
     @property
     def stages(self) -> nn.ModuleList:
@@ -333,8 +402,14 @@ class HierarchicalMixin(ClassifierMixin):
 
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.pos_drop(self.patch_embed(x))
-        for stage in self.stages:
-            x = stage(x)
+        # The two attribute names spelled out: TorchScript resolves hasattr with a literal name
+        # when it compiles (it cannot follow getattr(self, self.stage_attr)).
+        if hasattr(self, "levels"):
+            for stage in self.levels:
+                x = stage(x)
+        else:
+            for stage in self.layers:
+                x = stage(x)
         return self.norm(x)
 
     def forward_intermediates(
@@ -387,7 +462,7 @@ class HierarchicalMixin(ClassifierMixin):
         setattr(self, self.stage_attr, self.stages[: max_index + 1])
         if prune_end:
             self.stages[max_index].downsample = None
-            self.num_features = self.feature_info[max_index]["num_chs"]
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
         if prune_norm or prune_end:
             self.norm = nn.Identity()
         if prune_head or prune_end:

@@ -11,13 +11,20 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
+import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import Tensor, nn
 
 from .checkpoint import checkpoint_filter_fn
 from .dilation import D224, D384
-from .layers import HierarchicalMixin, build_levels, check_hierarchical_args, init_weights
+from .layers import (
+    HierarchicalMixin,
+    build_levels,
+    check_hierarchical_args,
+    materialize,
+    pretrained_tag_defaults,
+)
 
 __all__ = ["NAT", "ConvDownsampler", "ConvTokenizer", "DiNAT"]
 
@@ -66,6 +73,8 @@ class NAT(HierarchicalMixin, nn.Module):
         attn_drop_rate: attention-weight dropout. drop_path_rate: final stochastic-depth rate.
         in_chans: input channels. num_classes: classes; ``0`` leaves no head (backbones).
         global_pool: ``"avg"`` (mean over tokens) or ``""`` (no pooling).
+        device, dtype: where the weights are allocated and their floating dtype (built on the meta
+            device, then materialised: see :func:`classification.layers.materialize`).
 
     Keys: ``patch_embed.proj.{0,1}``, ``patch_embed.norm``, ``levels.{i}.blocks.{j}.*``,
     ``levels.{i}.downsample.{reduction,norm}`` (i < 3), ``norm``, ``head``. A backbone wrapper can
@@ -94,12 +103,15 @@ class NAT(HierarchicalMixin, nn.Module):
         num_classes: int = 1000,
         global_pool: str = "avg",
         norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__()
         dilations = check_hierarchical_args(
             "NAT", kwargs, depths, num_heads, global_pool, drop_path_rate, dilations
         )
+        self.in_chans = in_chans
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.kernel_size = kernel_size
@@ -108,29 +120,30 @@ class NAT(HierarchicalMixin, nn.Module):
         dims = [embed_dim * 2**i for i in range(self.num_levels)]
         self.num_features = self.head_hidden_size = dims[-1]
 
-        self.patch_embed = ConvTokenizer(in_chans, embed_dim, norm_layer)
-        self.pos_drop = nn.Dropout(drop_rate)
-        self.levels, self.feature_info = build_levels(
-            dims,
-            depths,
-            num_heads,
-            kernel_size,
-            dilations,
-            drop_path_rate,
-            downsample=partial(ConvDownsampler, norm_layer=norm_layer),
-            module_name="levels",
-            stem_stride=4,
-            mlp_ratio=mlp_ratio,
-            qkv_bias=qkv_bias,
-            qk_scale=qk_scale,
-            drop=drop_rate,
-            attn_drop=attn_drop_rate,
-            layer_scale=layer_scale,
-            norm_layer=norm_layer,
-        )
-        self.norm = norm_layer(self.num_features)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(init_weights)
+        with torch.device("meta"):  # allocated and initialised by materialize() below
+            self.patch_embed = ConvTokenizer(in_chans, embed_dim, norm_layer)
+            self.pos_drop = nn.Dropout(drop_rate)
+            self.levels, self.feature_info = build_levels(
+                dims,
+                depths,
+                num_heads,
+                kernel_size,
+                dilations,
+                drop_path_rate,
+                downsample=partial(ConvDownsampler, norm_layer=norm_layer),
+                module_name="levels",
+                stem_stride=4,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias,
+                qk_scale=qk_scale,
+                drop=drop_rate,
+                attn_drop=attn_drop_rate,
+                layer_scale=layer_scale,
+                norm_layer=norm_layer,
+            )
+            self.norm = norm_layer(self.num_features)
+            self.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        materialize(self, device, dtype)
 
 
 DiNAT = NAT  # DiNAT is NAT with dilations: one definition.
@@ -162,11 +175,15 @@ def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
         "first_conv": "patch_embed.proj.0",
         "classifier": "head",
         "license": "mit",
+        "origin_url": _ORIGIN,
+        "paper_ids": _NAT_PAPER if "/nat/" in url else _DINAT_PAPER,
         **kwargs,
     }
 
 
 _NAT = "https://shi-labs.com/projects/nat/checkpoints/CLS/"
+_ORIGIN = "https://github.com/SHI-Labs/Neighborhood-Attention-Transformer"
+_NAT_PAPER, _DINAT_PAPER = "arXiv:2204.07143", "arXiv:2209.15001"
 _DINAT = "https://shi-labs.com/projects/dinat/checkpoints/"
 _384 = dict(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0)
 
@@ -205,9 +222,10 @@ _LARGE = dict(depths=(3, 4, 18, 5), num_heads=(6, 12, 24, 48), embed_dim=192, ml
 
 
 def _build(variant: str, pretrained: bool, arch: dict[str, Any], **kwargs: Any) -> NAT:
-    """Merge the variant's hyper-parameters with the caller's; a schedule function in
-    ``dilations`` (D224/D384) is expanded for the final depths."""
-    args = dict(arch, **kwargs)
+    """Merge the variant's hyper-parameters (those of its pretrained tag first) with the caller's;
+    a schedule function in ``dilations`` (D224/D384) is expanded for the final depths."""
+    args = dict(arch, **pretrained_tag_defaults(variant, kwargs))
+    args.update(kwargs)
     if callable(args.get("dilations")):
         args["dilations"] = args["dilations"](args["depths"])
     return _create_nat(variant, pretrained, **args)

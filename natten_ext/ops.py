@@ -14,7 +14,21 @@ import torch
 from torch import Tensor
 
 from . import backends
-from .dispatch import backend_module
+from .dispatch import backend_module, select_backend
+
+# --- backend "auto" (for TorchScript, whose scripted callers cannot run the Python dispatcher) ---
+AUTO = "auto"
+
+
+def _resolve(backend: str, query, key, value, rpb, kernel_size, dilation, is_causal) -> str:
+    """``backend``, or for ``"auto"`` the one ``select_backend`` picks for these arguments."""
+    if backend != AUTO:
+        return backend
+    causal = tuple(bool(c) for c in is_causal)
+    return select_backend(query, key, value, rpb, tuple(kernel_size), tuple(dilation), causal)
+
+
+# --------------------------------------------------------------------------------------------
 
 
 @torch.library.custom_op("natten_ext::na_forward", mutates_args=())
@@ -29,6 +43,7 @@ def na_forward(
     scale: float,
     backend: str,
 ) -> tuple[Tensor, Tensor]:
+    backend = _resolve(backend, query, key, value, rpb, kernel_size, dilation, is_causal)
     module = backend_module(backend)
     return module.forward(
         query,
@@ -62,6 +77,7 @@ def na_backward(
     scale: float,
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    backend = _resolve(backend, query, key, value, rpb, kernel_size, dilation, is_causal)
     module = backend_module(backend)
     dq, dk, dv, drpb = module.backward(
         grad_out,
@@ -97,6 +113,7 @@ def _na_backward_fake(
 def _setup_context(ctx, inputs, output) -> None:
     query, key, value, rpb, kernel_size, dilation, is_causal, scale, backend = inputs
     out, lse = output
+    backend = _resolve(backend, query, key, value, rpb, kernel_size, dilation, is_causal)
     ctx.save_for_backward(query, key, value, rpb, out, lse)
     ctx.window = (kernel_size, dilation, is_causal, scale, backend)
     ctx.has_rpb = rpb is not None

@@ -21,4 +21,15 @@ set -e
 if [ "$rc" -eq 5 ]; then
     echo "no tests were collected: failing" >&2
 fi
+# timm's own model tests (from its source distribution) on one model of each family: with the full
+# suite (no arguments), or when NAT_TIMM_SUITE=1; NAT_TIMM_SUITE=0 leaves them out.
+if [ "${NAT_TIMM_SUITE:-$([ $# -eq 0 ] && echo 1 || echo 0)}" = "1" ]; then
+    set +e
+    "$venv/bin/python" scripts/timm_suite.py
+    timm_rc=$?
+    set -e
+    if [ "$rc" -eq 0 ]; then
+        rc=$timm_rc
+    fi
+fi
 exit "$rc"

@@ -109,6 +109,9 @@ def test_pretrained_cfgs():
     cfg = timm.get_pretrained_cfg("dinat_large.in22k").to_dict()
     assert cfg["num_classes"] == 21841
     assert timm.get_pretrained_cfg("nat_tiny").url.endswith("/CLS/nat_tiny.pth")
+    assert timm.get_pretrained_cfg("nat_tiny").paper_ids == "arXiv:2204.07143"  # NAT
+    assert timm.get_pretrained_cfg("dinat_tiny").paper_ids == "arXiv:2209.15001"  # DiNAT
+    assert timm.get_pretrained_cfg("vitrpb_small").paper_ids == "arXiv:2209.15001"
     assert meta_model("dinat_large.in22k").num_classes == 21841
 
 
@@ -134,6 +137,15 @@ def test_hyper_parameters():
     assert blk.attn.kernel_size == (11, 11) and blk.attn.dilation == (2, 2)
     assert blk.attn.num_heads == 24 and blk.attn.head_dim == 32
     assert m.levels[3].blocks[4].drop_path.drop_prob == pytest.approx(0.35)
+    # the 22K pre-training runs used drop path 0.2 (their 1K fine-tunes 0.35); callers still win
+    assert meta_model("dinat_large.in22k").levels[3].blocks[4].drop_path.drop_prob == pytest.approx(
+        0.2
+    )
+    assert meta_model("dinat_s_large.in22k").layers[3].blocks[
+        1
+    ].drop_path.drop_prob == pytest.approx(0.2)
+    m = meta_model("dinat_large.in22k", drop_path_rate=0.1)
+    assert m.levels[3].blocks[4].drop_path.drop_prob == pytest.approx(0.1)
     m = meta_model("dinat_large_384")
     assert [[b.attn.dilation[0] for b in lvl.blocks] for lvl in m.levels] == D384((3, 4, 18, 5))
     m = meta_model("nat_small")

@@ -111,6 +111,8 @@ def test_published_recipe(path: Path) -> None:
         assert wrapper.optimizer.lr == lr.get(variant, 1e-4)
         assert wrapper.optimizer.weight_decay == 0.05
         assert cfg.train_cfg.max_epochs == 36
+        # RPN anchors across the border: ignored by the original Cascade configs, kept by Mask R-CNN
+        assert cfg.model.train_cfg.rpn.allowed_border == (0 if name.startswith("cascade") else -1)
         warmup, steps = cfg.param_scheduler
         assert (warmup.type, warmup.end, warmup.by_epoch) == ("LinearLR", 500, False)
         assert steps.milestones == [27, 33]
@@ -124,6 +126,7 @@ def test_published_recipe(path: Path) -> None:
         assert cfg.train_cfg.max_iters == 160000
         warmup, poly = cfg.param_scheduler
         assert (warmup.type, warmup.end, poly.type, poly.power) == ("LinearLR", 1500, "PolyLR", 1.0)
+        assert (warmup.begin, poly.begin, poly.end) == (0, 0, 160000)  # warmup on top of the decay
         assert cfg.model.auxiliary_head.in_index == 2 and cfg.model.decode_head.channels == 512
         assert cfg.model.auxiliary_head.loss_decode.loss_weight == 0.4
         size = 640 if "640x640" in name else 512

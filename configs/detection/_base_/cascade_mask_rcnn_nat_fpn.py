@@ -57,6 +57,9 @@ model = dict(
         ),
     ),
     train_cfg=dict(
+        # anchors crossing the image border are ignored (0), as in the original Cascade configs
+        # (and mmdet's); Mask R-CNN keeps -1 (all anchors), as its originals do
+        rpn=dict(allowed_border=0),
         rpn_proposal=dict(max_per_img=2000),
         rcnn=[
             dict(
