@@ -526,6 +526,43 @@ def test_flops_handles_count_like_natten_ext():
     assert got == want and got > attention
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_ops_modules_and_queries(dtype):
+    assert context.has_cuda() and context.has_half()
+    assert context.has_bfloat() == (torch.cuda.get_device_capability()[0] >= 8)
+    assert context.has_fna() == ("triton" in natten_ext.available_backends())
+    tol = {torch.float32: 1e-4, torch.bfloat16: 2e-2}[dtype]  # (TF32 may serve float32)
+    cpu = _leaves((14, 15), 2, 32, torch.float64, (7, 7))
+    q, k, v, rpb = (t.detach().to("cuda", dtype).requires_grad_(True) for t in cpu)
+    want = _oracle(*(t.cpu() for t in (q, k, v)), (7, 7), (2, 2), rpb=rpb.cpu())
+    live = [q, k, v, rpb]
+    grad = torch.randn(want.shape, dtype=torch.float64)
+    ref = torch.autograd.grad(want, live, grad, retain_graph=True)
+    for got in (
+        F.na2d(q, k, v, 7, 2, False, rpb),  # fused (Triton where available)
+        _unfused(lambda a, b: F.natten2dqkrpb(a, b, rpb, 7, 2),
+                 lambda a, b: F.natten2dav(a, b, 7, 2), q, k, v),
+    ):  # fmt: skip
+        assert got.device.type == "cuda" and got.dtype == dtype
+        assert rel_err(got.cpu(), want) < tol
+        ours = torch.autograd.grad(got, live, grad.to("cuda", dtype))
+        for a, b in zip(ours, ref):
+            assert rel_err(a.cpu(), b) < tol
+    torch.manual_seed(0)
+    m = M.NeighborhoodAttention2D_v015(64, 2, 7, 2).to("cuda", dtype)
+    ne = natten_ext.NeighborhoodAttention2D(64, 2, 7, 2).to("cuda", dtype)
+    ne.load_state_dict(m.state_dict())
+    x = torch.randn(2, 10, 17, 64, device="cuda", dtype=dtype)  # H < 14: padded
+    fused = m(x)
+    assert torch.equal(fused, ne(x))
+    context.use_fused_na(False)
+    try:
+        assert rel_err(m(x), fused) < tol
+    finally:
+        context.use_fused_na(True)
+
+
 # ------------------------------------------------------------------------------ installing
 
 
@@ -796,9 +833,20 @@ def test_original_style_model_file_runs_on_the_drop_in(clean_natten, tmp_path, v
 
 # ---------------------------------------------------------- Hugging Face DiNAT / NAT (<= 4.53)
 
+
+def _transformers_with_dinat() -> bool:
+    """transformers 4.26-4.53 is installed (read from its metadata: importing it would already
+    fix its view of natten for the whole process)."""
+    try:
+        version = importlib.metadata.version("transformers")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return (4, 26) <= tuple(int(p) for p in version.split(".")[:2]) <= (4, 53)
+
+
 needs_transformers = pytest.mark.skipif(
-    importlib.util.find_spec("transformers") is None,
-    reason="needs transformers<=4.53 (pip install -e .[compat-test])",
+    not _transformers_with_dinat(),
+    reason="needs transformers 4.26-4.53 (DiNAT/NAT on natten): pip install -e .[compat-test]",
 )
 
 
@@ -807,8 +855,6 @@ def hf_on_drop_in(clean_natten):
     """transformers with natten = the drop-in (transformers is imported only after install)."""
     compat.install()
     transformers = importlib.import_module("transformers")
-    if not (4, 26) <= tuple(int(p) for p in transformers.__version__.split(".")[:2]) <= (4, 53):
-        pytest.skip(f"transformers {transformers.__version__}: DiNAT runs up to 4.53")
     from transformers.utils import is_natten_available
 
     assert is_natten_available()
