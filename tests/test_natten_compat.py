@@ -898,7 +898,8 @@ def test_hf_model_on_drop_in_matches_timm_model(hf_on_drop_in, family):
     hf.eval()
     ours = timm.create_model(f"{family}_mini", num_classes=10).eval()
     ours.load_state_dict(hf_to_original(hf.state_dict()), strict=True)
-    # DiNAT-Mini's dilations are made for 224 (maps 56/28/14/7 = kernel*dilation); NAT runs at 112
+    # DiNAT-Mini at 224 (maps 56/28/14/7 = kernel * dilation); NAT at 112 (its last map, 4x4, is
+    # padded to the kernel)
     size = 224 if family == "dinat" else 112
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
