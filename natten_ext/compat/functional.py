@@ -163,7 +163,13 @@ def _legacy_pair(kernel_size, dilation, name: str) -> tuple[Any, Any, bool]:
 # ------------------------------------------------------------------ 0.14 names (1-D and 2-D)
 
 
-def natten1dqkrpb(query: Tensor, key: Tensor, rpb: Tensor | None, kernel_size=None, dilation=None):
+def natten1dqkrpb(
+    query: Tensor,
+    key: Tensor,
+    rpb: Tensor | None,
+    kernel_size: IntOrTuple | None = None,
+    dilation: IntOrTuple | None = None,
+) -> Tensor:
     """``(query, key, rpb, kernel_size, dilation)``, or 0.14.0-0.14.4's ``(query, key, rpb,
     dilation)``; heads-first ``[B, heads, L, D]`` -> weights ``[B, heads, L, k]``."""
     kernel_size, dilation, missing = _legacy_pair(kernel_size, dilation, "natten1dqkrpb")
@@ -172,7 +178,13 @@ def natten1dqkrpb(query: Tensor, key: Tensor, rpb: Tensor | None, kernel_size=No
     return _qk(1, query, key, kernel_size, dilation, False, rpb, None)
 
 
-def natten2dqkrpb(query: Tensor, key: Tensor, rpb: Tensor | None, kernel_size=None, dilation=None):
+def natten2dqkrpb(
+    query: Tensor,
+    key: Tensor,
+    rpb: Tensor | None,
+    kernel_size: IntOrTuple | None = None,
+    dilation: IntOrTuple | None = None,
+) -> Tensor:
     """``(query, key, rpb, kernel_size, dilation)``, or 0.14.0-0.14.4's ``(query, key, rpb,
     dilation)``; heads-first ``[B, heads, H, W, D]`` -> weights ``[B, heads, H, W, k*k]``."""
     kernel_size, dilation, missing = _legacy_pair(kernel_size, dilation, "natten2dqkrpb")
@@ -191,7 +203,12 @@ def natten2dqk(query: Tensor, key: Tensor, kernel_size: int, dilation: int) -> T
     return _qk(2, query, key, kernel_size, dilation, False, None, None)
 
 
-def natten1dav(attn: Tensor, value: Tensor, kernel_size=None, dilation=None) -> Tensor:
+def natten1dav(
+    attn: Tensor,
+    value: Tensor,
+    kernel_size: IntOrTuple | None = None,
+    dilation: IntOrTuple | None = None,
+) -> Tensor:
     """``(attn, value, kernel_size, dilation)``, or up to 0.14.5's ``(attn, value, dilation)``."""
     kernel_size, dilation, missing = _legacy_pair(kernel_size, dilation, "natten1dav")
     if missing:
@@ -199,7 +216,12 @@ def natten1dav(attn: Tensor, value: Tensor, kernel_size=None, dilation=None) -> 
     return _av(1, attn, value, kernel_size, dilation, False, None)
 
 
-def natten2dav(attn: Tensor, value: Tensor, kernel_size=None, dilation=None) -> Tensor:
+def natten2dav(
+    attn: Tensor,
+    value: Tensor,
+    kernel_size: IntOrTuple | None = None,
+    dilation: IntOrTuple | None = None,
+) -> Tensor:
     """``(attn, value, kernel_size, dilation)``, or up to 0.14.5's ``(attn, value, dilation)``."""
     kernel_size, dilation, missing = _legacy_pair(kernel_size, dilation, "natten2dav")
     if missing:
