@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_venv.sh
-pip_install -e ".[dev,det,seg]"
+# compat-test: transformers 4.53 (about 15 s), for natten_ext.compat's tests on the HF DiNAT/NAT.
+pip_install -e ".[dev,det,seg,compat-test]"
 # The upstream natten package, for the cross-check tests. Without a GPU its sdist builds in seconds
 # (no CUDA kernels) against the torch installed above; with a GPU it would compile for an hour, so
 # it is skipped there (the cross-check tests then skip themselves).

@@ -113,7 +113,14 @@ def test_ema_is_restored_on_resume(ema_run: Path, config: Path, data_dir: Path, 
 
 # ----------------------------------------------------------------------------------------- AMP
 def test_bf16_autocast_trains_close_to_fp32(plain_run: Path, config, data_dir, tmp_path: Path):
-    run = _run(tmp_path, config, data_dir, "train.amp=bf16")
+    # torch 2.14's oneDNN bf16 Conv2d weight gradient on CPU reads uninitialised memory when the
+    # input map is 1x1 (the tiny model's last downsampler): NaN or not depending on what the heap
+    # held, i.e. on the tests that ran before. PyTorch's native CPU kernels are exact.
+    previous, torch.backends.mkldnn.enabled = torch.backends.mkldnn.enabled, False
+    try:
+        run = _run(tmp_path, config, data_dir, "train.amp=bf16")
+    finally:
+        torch.backends.mkldnn.enabled = previous
     ref, bf16 = _column(plain_run, "loss"), _column(run, "loss")
     assert len(bf16) == 3 and all(math.isfinite(x) for x in bf16)
     assert bf16 == pytest.approx(ref, rel=2e-2)
