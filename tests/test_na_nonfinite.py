@@ -7,13 +7,12 @@ GPU, and under Triton's interpreter where there is none).
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from interpreter import run_under_interpreter
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -94,13 +93,7 @@ def _interpreter_main() -> None:
 
 
 def test_nonfinite_triton_kernels_under_interpreter():
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.run([sys.executable, __file__, "--interpret"], env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    assert "INTERPRETER OK" in proc.stdout
+    run_under_interpreter(__file__)
 
 
 if __name__ == "__main__" and "--interpret" in sys.argv:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import math
 import os
 import random
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from interpreter import run_under_interpreter
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -233,21 +233,7 @@ def _interpreter_main() -> None:
 
 
 def test_kernels_under_triton_interpreter():
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        [sys.executable, __file__, "--interpret"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    log = proc.stdout + proc.stderr
-    if proc.returncode != 0 and "interpret" in log.lower() and "not supported" in log.lower():
-        pytest.skip(f"Triton's interpreter cannot run these kernels here: {log[-500:]}")
-    assert proc.returncode == 0, log[-4000:]
-    assert "INTERPRETER OK" in proc.stdout
+    run_under_interpreter(__file__)
 
 
 # ---------------------------------------------------------------------------------------------

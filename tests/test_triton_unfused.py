@@ -7,14 +7,13 @@ interpreter in a subprocess (``TRITON_INTERPRET`` must be set before triton is i
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from interpreter import run_under_interpreter
 
 ROOT = Path(__file__).resolve().parents[1]
 for path in (ROOT, ROOT / "tests"):
@@ -103,13 +102,7 @@ def _interpreter_main() -> None:
 
 
 def test_unfused_kernels_under_triton_interpreter():
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.run([sys.executable, __file__, "--interpret"], env=env,
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    assert "INTERPRETER OK" in proc.stdout
+    run_under_interpreter(__file__)
 
 
 def test_cpu_calls_take_the_reference():
