@@ -10,22 +10,21 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 import test_train
 import torch
 from PIL import Image
-from test_train import _train
+from test_train import ROOT, _train
 
 from classification import validate as validate_cli
 from classification.atomic import atomic_write, stale_temporaries
 from classification.checkpoint import save_state_dict
-from classification.training import engine
 from classification.training.checkpoint import list_checkpoints, load_training_checkpoint
 from classification.training.rundir import LOCK_NAME
 from classification.training.runlog import read_csv
@@ -65,29 +64,42 @@ def _copy_run(full_run: Path, dest: Path, names: list[str] | None = None) -> Pat
 
 
 # ------------------------------------------------------------------- the run directory and logs
-class _Killed(BaseException):
-    """Stands for kill -9: nothing after it runs in the training (its own cleanup included)."""
+# nat-train in which the process kills itself (SIGKILL) while best.pth is half written
+_KILLED_WHILE_BEST_IS_WRITTEN = """
+import os, signal, sys, tempfile
+from pathlib import Path
+from classification import train
+from classification.training import engine
+
+real_save = engine.atomic_save
+
+def save(obj, path):
+    path = Path(path)
+    if path.name == "best.pth":
+        fd, _ = tempfile.mkstemp(prefix=".best.pth.", suffix=".tmp", dir=path.parent)
+        os.write(fd, b"PK\\x03\\x04 half a checkpoint")
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_save(obj, path)
+
+engine.atomic_save = save
+sys.exit(train.main(sys.argv[1:]))
+"""
 
 
 def test_kill_while_best_is_written_is_repaired_on_resume(
-    tmp_path: Path, config: Path, data_dir: Path, full_run: Path, monkeypatch, capsys
+    tmp_path: Path, config: Path, data_dir: Path, full_run: Path, capsys
 ) -> None:
     run_dir = tmp_path / "run"
-    real_save = engine.atomic_save
-
-    def killed_during_best(obj, path) -> None:
-        path = Path(path)
-        if path.name == "best.pth":  # the temporary is half written when the process dies
-            fd, _ = tempfile.mkstemp(prefix=".best.pth.", suffix=".tmp", dir=path.parent)
-            os.write(fd, b"PK\x03\x04 half a checkpoint")
-            os.close(fd)
-            raise _Killed
-        real_save(obj, path)
-
-    monkeypatch.setattr(engine, "atomic_save", killed_during_best)
-    with pytest.raises(_Killed):
-        _train(config, data_dir, run_dir)
-    monkeypatch.undo()
+    args = ["--config", str(config), "--data", str(data_dir), "--run-dir", str(run_dir)]
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_WHILE_BEST_IS_WRITTEN, *args],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert (run_dir / LOCK_NAME).is_file()  # left behind, but no longer locked
     assert [p.name for p in list_checkpoints(run_dir)] == ["checkpoint-00000003.pth"]
     assert not (run_dir / "best.pth").exists() and read_csv(run_dir / "epochs.csv") == []
     assert len(stale_temporaries(run_dir)) == 1
