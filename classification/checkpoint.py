@@ -7,7 +7,10 @@
 - :func:`hf_to_original` / :func:`original_to_hf` convert between the key layouts
   (HF ``NatModel``/``DinatModel``: separate query/key/value, ``layer_scale_parameters`` (2, dim)).
 - :func:`load_checkpoint_file` (``weights_only=True``) and :func:`save_state_dict` (atomic) read
-  and write ``.pth``/``.bin`` (torch) and ``.safetensors`` files.
+  and write ``.pth``/``.bin`` (torch) and ``.safetensors`` files; a file that cannot be read
+  raises :class:`CheckpointFileError` naming it.
+- :func:`read_file_overlay` makes timm's ``pretrained_cfg_overlay=dict(file=...)`` read the file
+  through :func:`load_checkpoint_file`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,13 +26,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .atomic import atomic_write
+
 __all__ = [
+    "CheckpointFileError",
     "checkpoint_filter_fn",
+    "describe_error",
+    "forget_overlay_state_dict",
     "hf_to_original",
     "is_hf_layout",
     "load_checkpoint_file",
     "load_pretrained_file",
     "original_to_hf",
+    "read_checkpoint",
+    "read_file_overlay",
     "resize_rpb",
     "save_state_dict",
     "unwrap_state_dict",
@@ -253,37 +262,105 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dic
 # -------------------------------------------------------------------------------------- files
 
 
-def load_checkpoint_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """Read a ``.safetensors`` or torch file with ``weights_only=True`` and unwrap it."""
+class CheckpointFileError(ValueError):
+    """A weights file exists but cannot be used (empty, truncated, not a checkpoint, or holding
+    objects that weights-only loading refuses); the message names the file."""
+
+
+def describe_error(err: BaseException) -> str:
+    """`Type: first line of the message` (just the type when the message is empty)."""
+    lines = str(err).strip().splitlines()
+    if not lines:
+        return type(err).__name__
+    line = lines[0] if len(lines[0]) <= 200 else lines[0][:197] + "..."
+    return f"{type(err).__name__}: {line}"
+
+
+def _read_error(path: Path, err: Exception) -> CheckpointFileError:
+    text = str(err)
+    if "Weights only load failed" in text and "Unsupported global" in text:
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        what = f" ({found.group(1)})" if found else ""
+        reason = (
+            f"it holds pickled objects{what} other than tensors and plain containers, which "
+            f"weights-only loading refuses (it never runs code from a file)"
+        )
+    elif "Weights only load failed" in text:
+        reason = "it is not a torch checkpoint (truncated or corrupt?)"
+    else:
+        kind = "safetensors file" if path.suffix == ".safetensors" else "torch checkpoint"
+        reason = f"it is not a complete {kind}: truncated or corrupt? ({describe_error(err)})"
+    return CheckpointFileError(f"checkpoint file {path} cannot be read: {reason}")
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> Any:
+    """The object in a ``.safetensors`` or torch file, read with ``weights_only=True``; raise
+    FileNotFoundError or CheckpointFileError (naming the file and the reason) when it cannot."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    if path.stat().st_size == 0:
+        raise CheckpointFileError(f"checkpoint file {path} cannot be read: it is empty (0 bytes)")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return unwrap_state_dict(load_file(str(path), device="cpu"))
-    return unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            return load_file(str(path), device="cpu")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, bad pickle, another file type...
+        raise _read_error(path, err) from err
+
+
+def load_checkpoint_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """The state dict in a ``.safetensors`` or torch file (see :func:`read_checkpoint`),
+    unwrapped from a training checkpoint's ``model``/``state_dict``/EMA entry."""
+    checkpoint = read_checkpoint(path)
+    try:
+        return unwrap_state_dict(checkpoint)
+    except (TypeError, ValueError) as err:
+        raise CheckpointFileError(
+            f"checkpoint file {path} holds no state dict: {err} (expected a mapping of tensor "
+            f"names to tensors, possibly under 'model', 'state_dict' or 'state_dict_ema')"
+        ) from err
 
 
 def save_state_dict(state_dict: Mapping[str, Tensor], path: str | os.PathLike[str]) -> None:
     """Write atomically (temp file then ``os.replace``); ``.safetensors`` or torch by suffix."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import save_file
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save
 
-            save_file(tensors, tmp)
-        else:
-            torch.save(tensors, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        atomic_write(path, lambda f: f.write(save(tensors)))
+    else:
+        atomic_write(path, lambda f: torch.save(tensors, f))
+
+
+def read_file_overlay(pretrained: bool, kwargs: dict[str, Any]) -> str | None:
+    """For the zoo's model constructors: when weights come from a local file (timm's
+    ``pretrained_cfg_overlay=dict(file=...)``), read it here, with clear errors, and hand timm
+    the state dict instead; returns the file (None when there is nothing to read)."""
+    overlay = kwargs.get("pretrained_cfg_overlay")
+    if not pretrained or not isinstance(overlay, Mapping) or not overlay.get("file"):
+        return None
+    if overlay.get("state_dict") is not None:
+        return None
+    file = str(overlay["file"])
+    kwargs["pretrained_cfg_overlay"] = {
+        **overlay,
+        "file": None,
+        "state_dict": load_checkpoint_file(file),
+    }
+    return file
+
+
+def forget_overlay_state_dict(model: nn.Module, file: str | None) -> None:
+    """Drop the state dict :func:`read_file_overlay` put in the model's pretrained_cfg (it would
+    keep a second copy of the weights alive) and record the file it came from."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    if file is not None and isinstance(cfg, dict):
+        cfg["state_dict"] = None
+        cfg["file"] = file
 
 
 def load_pretrained_file(

@@ -18,7 +18,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.swin_transformer import PatchMerging
 from torch import nn
 
-from .checkpoint import checkpoint_filter_fn
+from .checkpoint import checkpoint_filter_fn, forget_overlay_state_dict, read_file_overlay
 from .dilation import D224, D384
 from .layers import (
     HierarchicalMixin,
@@ -120,7 +120,8 @@ class DiNAT_s(HierarchicalMixin, nn.Module):
 
 def _create_dinat_s(variant: str, pretrained: bool = False, **kwargs: Any) -> DiNAT_s:
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    return build_model_with_cfg(
+    weights_file = read_file_overlay(pretrained, kwargs)  # clear errors for a bad file
+    model = build_model_with_cfg(
         DiNAT_s,
         variant,
         pretrained,
@@ -128,6 +129,8 @@ def _create_dinat_s(variant: str, pretrained: bool = False, **kwargs: Any) -> Di
         feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
         **kwargs,
     )
+    forget_overlay_state_dict(model, weights_file)
+    return model
 
 
 def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 from torch import Tensor, nn
 
-from .checkpoint import checkpoint_filter_fn
+from .checkpoint import checkpoint_filter_fn, forget_overlay_state_dict, read_file_overlay
 from .layers import ClassifierMixin, NATransformerBlock, materialize
 
 __all__ = ["GlobalAttentionRPB", "NATIsotropic"]
@@ -277,7 +277,8 @@ class NATIsotropic(ClassifierMixin, nn.Module):
 
 def _create_isotropic(variant: str, pretrained: bool = False, **kwargs: Any) -> NATIsotropic:
     out_indices = kwargs.pop("out_indices", (2, 5, 8, 11))
-    return build_model_with_cfg(
+    weights_file = read_file_overlay(pretrained, kwargs)  # clear errors for a bad file
+    model = build_model_with_cfg(
         NATIsotropic,
         variant,
         pretrained,
@@ -285,6 +286,8 @@ def _create_isotropic(variant: str, pretrained: bool = False, **kwargs: Any) -> 
         feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
         **kwargs,
     )
+    forget_overlay_state_dict(model, weights_file)
+    return model
 
 
 def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import Tensor, nn
 
-from .checkpoint import checkpoint_filter_fn
+from .checkpoint import checkpoint_filter_fn, forget_overlay_state_dict, read_file_overlay
 from .dilation import D224, D384
 from .layers import (
     HierarchicalMixin,
@@ -151,7 +151,8 @@ DiNAT = NAT  # DiNAT is NAT with dilations: one definition.
 
 def _create_nat(variant: str, pretrained: bool = False, **kwargs: Any) -> NAT:
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    return build_model_with_cfg(
+    weights_file = read_file_overlay(pretrained, kwargs)  # clear errors for a bad file
+    model = build_model_with_cfg(
         NAT,
         variant,
         pretrained,
@@ -159,6 +160,8 @@ def _create_nat(variant: str, pretrained: bool = False, **kwargs: Any) -> NAT:
         feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
         **kwargs,
     )
+    forget_overlay_state_dict(model, weights_file)
+    return model
 
 
 def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:

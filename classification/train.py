@@ -4,6 +4,9 @@ nat-train --config configs/classification/nat_tiny.yaml --data /data/imagenet
 torchrun --nproc_per_node=8 -m classification.train --config ... --data ...
 nat-train --config ... --data ... --set optim.lr=5e-4 data.batch_size=64
 nat-train --config ... --data ... --resume auto
+
+One training at a time per run directory (a lock file in it); errors are reported in one line
+with exit status 2.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from .checkpoint import CheckpointFileError
 from .training.checkpoint import CheckpointError, load_training_checkpoint
 from .training.config import (
     DEFAULTS,
@@ -84,23 +88,29 @@ def resolve_config(args: argparse.Namespace) -> tuple[dict, str]:
     raise ConfigError("--config is required (unless --resume names a checkpoint file)")
 
 
+def _error(err: BaseException) -> int:
+    print(f"nat-train: error: {err}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg, name = resolve_config(args)
-    except (ConfigError, CheckpointError) as err:
-        print(f"nat-train: error: {err}", file=sys.stderr)
-        return 2
+    except (ConfigError, CheckpointError, CheckpointFileError, FileNotFoundError) as err:
+        return _error(err)
     if args.print_config:
         print(config_to_yaml(cfg), end="")
         return 0
-    from .training.engine import train
+    from .training.engine import TrainingError, train
 
     try:
         train(cfg, name, args.resume)
-    except (CheckpointError, FileNotFoundError, FileExistsError, ValueError) as err:
-        print(f"nat-train: error: {err}", file=sys.stderr)
-        return 2
+    except (CheckpointError, TrainingError, ValueError) as err:
+        # ValueError covers config, data (CorruptImageError), model, file and run-dir errors
+        return _error(err)
+    except OSError as err:  # file system trouble: a full disk, permissions, a vanished folder
+        return _error(err)
     return 0
 
 

@@ -5,7 +5,10 @@
     nat-validate --checkpoint runs/demo/best.pth --data demo_data   # model from the checkpoint
 
 Checkpoints: nat-train checkpoints (EMA weights with --ema), the published state dicts, the
-Hugging Face layout, safetensors: whatever the zoo's checkpoint filter reads."""
+Hugging Face layout, safetensors: whatever the zoo's checkpoint filter reads.
+
+An image that cannot be decoded stops the run with its name (no other image is counted in its
+place); --skip-corrupt leaves such images out of the metrics instead and lists them at the end."""
 
 from __future__ import annotations
 
@@ -19,10 +22,17 @@ from typing import Any
 import timm
 import torch
 from timm.data import resolve_data_config
-from torch.utils.data import DataLoader
 
+from .checkpoint import CheckpointFileError, read_checkpoint, unwrap_state_dict
 from .training.checkpoint import FORMAT, CheckpointError, atomic_write
-from .training.data import SYNTHETIC, SyntheticDataset, eval_transform, find_split, image_folder
+from .training.data import (
+    SYNTHETIC,
+    SyntheticDataset,
+    checked_loader,
+    eval_transform,
+    find_split,
+    image_folder,
+)
 from .training.engine import autocast_for, evaluate
 from .training.model import register_zoo
 
@@ -31,12 +41,16 @@ __all__ = ["main", "validate"]
 
 def _load(path: Path) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(
-            f"--checkpoint {path} cannot be read (corrupt or truncated? "
-            f"{type(err).__name__}: {str(err).splitlines()[0]})"
-        ) from err
+        return read_checkpoint(path)
+    except CheckpointFileError as err:
+        raise CheckpointFileError(f"--checkpoint: {err}") from err
+
+
+def _state_dict(path: Path, ckpt: Any) -> dict[str, torch.Tensor]:
+    try:
+        return unwrap_state_dict(ckpt)
+    except (TypeError, ValueError) as err:
+        raise CheckpointFileError(f"--checkpoint {path} holds no state dict ({err})") from err
 
 
 def build_for_validation(args: argparse.Namespace, num_classes: int | None):
@@ -74,7 +88,7 @@ def build_for_validation(args: argparse.Namespace, num_classes: int | None):
         create["num_classes"] = num_classes
     if args.checkpoint and state_dict is None:
         # any other format goes through the model's own pretrained loader and filter
-        create["pretrained_cfg_overlay"] = {"file": str(args.checkpoint)}
+        create["pretrained_cfg_overlay"] = {"state_dict": _state_dict(path, ckpt)}
         # timm drops a head whose size differs from the pretrained cfg's: say the file's size
         head = args.checkpoint_num_classes or num_classes
         if head:
@@ -116,17 +130,20 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
                 f"--data: {classes} class folders but the model has {num_classes} "
                 f"outputs (set --num-classes)"
             )
-    loader = DataLoader(
+    loader = checked_loader(
         dataset,
+        skip=args.skip_corrupt,
         batch_size=args.batch_size,
         num_workers=args.workers,
         pin_memory=device.type == "cuda",
     )
     if args.compile:
         model = torch.compile(model)
+    first = next(iter(loader), None)
+    if first is None:
+        raise ValueError(f"--data: no readable image in {val_dir}")
     with torch.no_grad(), autocast_for(device, args.amp):  # warm-up batch (kernels, compile)
-        images = next(iter(loader))[0][: args.batch_size].to(device)
-        model(images)
+        model(first[0][: args.batch_size].to(device))
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -145,6 +162,7 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
         "top5": round(metrics["top5"], 3),
         "loss": round(metrics["loss"], 5),
         "images": metrics["count"],
+        "skipped": [image.path for image in loader.skipped],
         "images_per_s": round(metrics["count"] / elapsed, 1),
         "device": str(device),
         "amp": args.amp,
@@ -182,6 +200,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--synthetic-size", type=int, default=1024, help="images with --data synthetic")
+    p.add_argument(
+        "--skip-corrupt",
+        action="store_true",
+        help="leave images that cannot be decoded out of the metrics (listed at the end) "
+        "instead of stopping",
+    )
     p.add_argument("--results-file", help="also write the result as JSON here")
     args = p.parse_args(argv)
     for name in ("batch_size", "synthetic_size", "img_size", "num_classes"):
@@ -207,6 +231,12 @@ def main(argv: list[str] | None = None) -> int:
         f"loss {result['loss']:.4f}  ({result['images']} images, "
         f"{result['images_per_s']:.1f} img/s on {result['device']})"
     )
+    if result["skipped"]:
+        shown = ", ".join(result["skipped"][:5]) + (", ..." if len(result["skipped"]) > 5 else "")
+        print(
+            f"skipped {len(result['skipped'])} image(s) that cannot be decoded, left out of the "
+            f"metrics: {shown}"
+        )
     if args.results_file:
         text = json.dumps(result, indent=2)
         atomic_write(args.results_file, lambda f: f.write(text.encode()))

@@ -11,7 +11,8 @@ level's blocks and before its downsampler.
 in the original (or Hugging Face) format, non-strictly: its ``norm``/``head`` are ignored, rpb
 tables are resized when kernel sizes differ, and ``prefix='backbone.'`` takes the backbone out of a
 detector/segmentor checkpoint. URLs are downloaded to torch's hub cache and read, like local
-files, with ``weights_only=True``.
+files, with ``weights_only=True``. A file that cannot be read raises
+:class:`classification.checkpoint.CheckpointFileError` naming it.
 
 The classes are registered in mmdet's and mmseg's ``MODELS`` by :mod:`detection.models` and
 :mod:`segmentation.models`; this module itself needs neither.
@@ -26,7 +27,13 @@ from mmengine.logging import MMLogger, print_log
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from classification.checkpoint import checkpoint_filter_fn, load_checkpoint_file, unwrap_state_dict
+from classification.checkpoint import (
+    CheckpointFileError,
+    checkpoint_filter_fn,
+    describe_error,
+    load_checkpoint_file,
+    unwrap_state_dict,
+)
 from classification.dinat_s import DiNAT_s
 from classification.nat import NAT
 from detection.mmcv_compat import load_url_weights_only
@@ -131,9 +138,14 @@ class _HierarchicalBackbone(BaseModule):
 
 
 def _read_checkpoint(checkpoint: str) -> dict[str, Tensor]:
-    if checkpoint.startswith(("http://", "https://")):
+    if not checkpoint.startswith(("http://", "https://")):
+        return load_checkpoint_file(checkpoint)
+    try:
         return unwrap_state_dict(load_url_weights_only(checkpoint, map_location="cpu"))
-    return load_checkpoint_file(checkpoint)
+    except Exception as err:  # a failed download, a truncated or unsafe file, no tensors...
+        raise CheckpointFileError(
+            f"init_cfg checkpoint {checkpoint} cannot be downloaded or read ({describe_error(err)})"
+        ) from err
 
 
 def load_classification_weights(

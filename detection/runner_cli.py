@@ -13,6 +13,8 @@ import datetime
 import importlib
 import json
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +89,18 @@ def _setup_cpu_distributed(cfg: Config) -> None:
     cfg.model_wrapper_cfg = wrapper
 
 
+def _run_reporting_file_errors(prog: str, action: Callable[[], Any]) -> Any:
+    """action(); a backbone weights file that cannot be read (init_cfg Pretrained) ends the
+    command with a one-line error naming it and exit status 2."""
+    from classification.checkpoint import CheckpointFileError
+
+    try:
+        return action()
+    except CheckpointFileError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def _set_amp(cfg: Config, enabled: bool) -> None:
     wrapper = cfg.optim_wrapper
     if enabled:
@@ -132,7 +146,7 @@ def train(argv: list[str] | None, registry_module: str, description: str) -> Non
     from mmengine.runner import Runner
 
     _setup_cpu_distributed(cfg)
-    Runner.from_cfg(cfg).train()
+    _run_reporting_file_errors(parser.prog, lambda: Runner.from_cfg(cfg).train())
 
 
 def test(
@@ -160,7 +174,7 @@ def test(
     from mmengine.runner import Runner
 
     _setup_cpu_distributed(cfg)
-    metrics = Runner.from_cfg(cfg).test()
+    metrics = _run_reporting_file_errors(parser.prog, lambda: Runner.from_cfg(cfg).test())
     plain = {k: v if isinstance(v, str) else float(v) for k, v in metrics.items()}
     text = json.dumps(plain, indent=2, sort_keys=True)
     print(text)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import torch
 from test_models import SPEC, meta_model
 
 from classification.checkpoint import (
+    CheckpointFileError,
     hf_to_original,
     is_hf_layout,
     load_checkpoint_file,
@@ -210,6 +212,37 @@ def test_weights_only_refuses_pickled_objects(tmp_path):
     torch.save({"model": sd, "args": argparse.Namespace(a=1)}, tmp_path / "ckpt.pth")
     with pytest.raises(Exception, match=r"[Ww]eights only|weights_only"):
         load_checkpoint_file(tmp_path / "ckpt.pth")
+
+
+@pytest.mark.parametrize("name", ["nat_mini", "dinat_s_tiny", "vitrpb_small"])
+def test_unreadable_weight_files_name_the_file(name, tmp_path):
+    """timm's pretrained_cfg_overlay=dict(file=...) (and so model.init_checkpoint and
+    nat-validate) reports a bad file by name and reason, never a bare torch error."""
+    sd = random_state_dict(name, **CASES[name])
+    good = tmp_path / "good.pth"
+    torch.save(sd, good)
+    objects = tmp_path / "objects.pth"
+    torch.save({"model": sd, "args": argparse.Namespace(a=1)}, objects)
+    files = {
+        "empty.pth": (b"", "it is empty"),
+        "truncated.pth": (good.read_bytes()[:4096], "truncated or corrupt"),
+        "truncated.safetensors": (b"\x10\x00\x00\x00\x00\x00\x00\x00{", "safetensors"),
+        "no_tensors.pth": (None, "holds no state dict"),
+    }
+    torch.save({"epoch": 3}, tmp_path / "no_tensors.pth")
+    for fname, (content, _) in files.items():
+        if content is not None:
+            (tmp_path / fname).write_bytes(content)
+    cases = {tmp_path / f: reason for f, (_, reason) in files.items()}
+    cases[objects] = r"pickled objects \(argparse\.Namespace\)"
+    for path, reason in cases.items():
+        with pytest.raises(CheckpointFileError, match=rf"{re.escape(str(path))}.*{reason}"):
+            load_via_timm(name, path, **_model_kwargs(name))
+    with pytest.raises(FileNotFoundError, match=r"missing\.pth"):
+        load_via_timm(name, tmp_path / "missing.pth", **_model_kwargs(name))
+    # the state dict read from the file is not kept in the model's pretrained_cfg
+    model = load_via_timm(name, good, **_model_kwargs(name))
+    assert model.pretrained_cfg["file"] == str(good) and model.pretrained_cfg["state_dict"] is None
 
 
 # -------------------------------------------------------------------------------------- HF

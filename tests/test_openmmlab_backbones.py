@@ -3,6 +3,7 @@ drop path and dilations from the config, small inputs, and loading classificatio
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -168,3 +169,50 @@ def test_pretrained_resizes_rpb_and_reads_hf_and_prefixed_checkpoints(tmp_path: 
     again.init_weights()
     for key, value in backbone.state_dict().items():
         assert torch.equal(again.state_dict()[key], value), key
+
+
+def _serve(directory: Path) -> tuple[str, object]:
+    """An HTTP server on localhost for the files of `directory` (its base URL, the server)."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(directory))
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}", server
+
+
+def test_unreadable_init_cfg_checkpoints_name_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """init_cfg=dict(type='Pretrained') with an empty or truncated file (or download): the error
+    names it, never a bare EOFError / RuntimeError from torch."""
+    from classification.checkpoint import CheckpointFileError
+
+    _, good = _pretrained(NAT, tmp_path)
+    files = {"empty.pth": b"", "truncated.pth": good.read_bytes()[:2048]}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+        backbone = NATBackbone(
+            **TINY, init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / name))
+        )
+        expected = rf"{re.escape(str(tmp_path / name))} cannot be read"
+        with pytest.raises(CheckpointFileError, match=expected):
+            backbone.init_weights()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # the download cache
+    base, server = _serve(tmp_path)
+    try:
+        url = f"{base}/truncated.pth"
+        backbone = NATBackbone(**TINY, init_cfg=dict(type="Pretrained", checkpoint=url))
+        expected = rf"{re.escape(url)} cannot be downloaded or read"
+        with pytest.raises(CheckpointFileError, match=expected):
+            backbone.init_weights()
+    finally:
+        server.shutdown()
+        server.server_close()

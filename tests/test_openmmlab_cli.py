@@ -74,3 +74,26 @@ def test_auto_scale_lr_needs_a_base_batch(captured: list) -> None:
         seg_train.main(
             [str(CONFIGS / "segmentation/demo/upernet_nat_mini_demo.py"), "--auto-scale-lr"]
         )
+
+
+def test_unreadable_backbone_weights_end_the_command_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys
+) -> None:
+    """The Runner fails on an init_cfg file (raised from the backbone's init_weights): one line
+    naming it, exit status 2, no traceback."""
+    from classification.checkpoint import CheckpointFileError
+
+    message = f"checkpoint file {tmp_path / 'nat_mini.pth'} cannot be read: it is empty (0 bytes)"
+
+    class FailingRunner:
+        def train(self) -> None:
+            raise CheckpointFileError(message)
+
+    monkeypatch.setattr(Runner, "from_cfg", staticmethod(lambda cfg: FailingRunner()))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    config = CONFIGS / "segmentation/demo/upernet_nat_mini_demo.py"
+    with pytest.raises(SystemExit) as exit_info:
+        seg_train.main([str(config), "--work-dir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].endswith(f": error: {message}")

@@ -6,18 +6,22 @@ from __future__ import annotations
 import os
 import random
 import re
-import tempfile
-from collections.abc import Callable
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..atomic import atomic_write
+from ..checkpoint import describe_error
+
 __all__ = [
     "FORMAT",
     "CheckpointError",
+    "CheckpointWriteError",
     "atomic_save",
+    "atomic_write",
     "capture_rng_state",
     "checkpoint_name",
     "list_checkpoints",
@@ -39,26 +43,28 @@ def checkpoint_name(step: int) -> str:
     return f"checkpoint-{step:08d}.pth"
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Any], None]) -> None:
-    """Call write(file) on a temporary file beside `path`, fsync it, then rename it over `path`:
-    readers see either the old file or the complete new one, never a partial one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (disk full, I/O error); the file it would have replaced
+    and every other checkpoint are intact."""
+
+
+def _free_space(directory: Path) -> str:
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        return f"{shutil.disk_usage(directory).free / 2**20:.0f} MiB free there"
+    except OSError:
+        return "free space unknown"
 
 
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """torch.save through a temporary file and os.replace."""
-    atomic_write(path, lambda f: torch.save(obj, f))
+    """torch.save through a temporary file and os.replace; CheckpointWriteError when it fails
+    (torch's zip writer reports a full disk as a RuntimeError, file calls as OSError)."""
+    path = Path(path)
+    try:
+        atomic_write(path, lambda f: torch.save(obj, f))
+    except (OSError, RuntimeError) as err:
+        raise CheckpointWriteError(
+            f"cannot write checkpoint {path} ({describe_error(err)}; {_free_space(path.parent)})"
+        ) from err
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -123,13 +129,17 @@ def load_training_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated (empty: 0 bytes); it was left in place. "
+            f"{_alternatives(path)}"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, bad pickle, wrong file type...
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else 'no detail'}); it was left in place. "
-            f"{_alternatives(path)}"
+            f"checkpoint {path} is corrupt or truncated ({describe_error(err)}); it was left in "
+            f"place. {_alternatives(path)}"
         ) from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(

@@ -1,13 +1,17 @@
 """Datasets, samplers and loaders: ImageNet-style folders through timm's readers and transforms,
 or a learnable synthetic set for benchmarks. Training samples are augmented with random state
-derived from (seed, epoch, index), so a run resumed mid-epoch sees exactly the same batches."""
+derived from (seed, epoch, index), so a run resumed mid-epoch sees exactly the same batches.
+
+An image that cannot be decoded is never replaced by another one (timm's ImageDataset would
+substitute its neighbour): iterating the loader raises CorruptImageError naming the file, or, for
+evaluation with skipping on, leaves the image out and lists it in the loader's `skipped`."""
 
 from __future__ import annotations
 
 import math
 import random
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +19,22 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 from timm.data import ImageDataset, Mixup, auto_augment, create_transform
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+
+from ..checkpoint import describe_error
 
 __all__ = [
+    "CheckedImageDataset",
+    "CheckedLoader",
+    "CorruptImageError",
     "EpochSampler",
     "Loaders",
     "ShardSampler",
     "SyntheticDataset",
+    "UnreadableImage",
     "build_loaders",
     "build_mixup",
+    "checked_loader",
     "eval_transform",
     "find_split",
     "image_folder",
@@ -48,9 +59,84 @@ def find_split(root: str | Path, split: str) -> Path:
     )
 
 
+class CorruptImageError(ValueError):
+    """An image of the dataset cannot be read or decoded; the message names the file."""
+
+
+@dataclass(frozen=True)
+class UnreadableImage:
+    """What CheckedImageDataset returns in place of a sample whose image cannot be decoded."""
+
+    path: str
+    reason: str
+
+
+class CheckedImageDataset(ImageDataset):
+    """timm's ImageDataset (its readers, class maps and transforms) without the silent
+    substitution of a neighbouring image for one that fails to load: such a sample comes back as
+    an UnreadableImage for CheckedLoader to fail on or skip."""
+
+    def __getitem__(self, index: int):
+        try:
+            file, target, *_ = self.reader[index]
+            with file:
+                img = Image.open(file)
+                img = img.convert(self.input_img_mode or "RGB")  # decodes every pixel now
+        except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, bomb errors...
+            return UnreadableImage(str(self.filename(index, absolute=True)), describe_error(err))
+        if self.transform is not None:
+            img = self.transform(img)
+        if target is None:
+            target = -1
+        elif self.target_transform is not None:
+            target = self.target_transform(target)
+        return img, target
+
+
+def collate_readable(batch: list[Any]) -> tuple[Any, list[UnreadableImage]]:
+    """default_collate of the readable samples (None if there is none), and the unreadable."""
+    bad = [s for s in batch if isinstance(s, UnreadableImage)]
+    good = [s for s in batch if not isinstance(s, UnreadableImage)]
+    return (default_collate(good) if good else None), bad
+
+
+@dataclass
+class CheckedLoader:
+    """Iterates a DataLoader built with collate_readable and yields (images, target) batches.
+
+    An unreadable image raises CorruptImageError naming it; with `skip`, it is left out instead
+    and listed in `skipped` (reset at the start of every pass)."""
+
+    loader: DataLoader
+    skip: bool = False
+    skipped: list[UnreadableImage] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        self.skipped = []
+        for batch, bad in self.loader:
+            if bad and not self.skip:
+                raise CorruptImageError(
+                    f"cannot read image {bad[0].path} ({bad[0].reason}): remove or replace it "
+                    f"(no other image is substituted for it)"
+                )
+            self.skipped.extend(bad)
+            if batch is not None:
+                yield batch
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
+def checked_loader(dataset: Dataset, skip: bool = False, **kwargs: Any) -> CheckedLoader:
+    """A CheckedLoader over DataLoader(dataset, collate_fn=collate_readable, **kwargs)."""
+    return CheckedLoader(DataLoader(dataset, collate_fn=collate_readable, **kwargs), skip)
+
+
 def image_folder(split_dir: Path, transform: Any, class_to_idx: Mapping[str, int] | None = None):
-    """An ImageNet-style folder (one sub-folder per class) as a timm ImageDataset."""
-    dataset = ImageDataset(str(split_dir), class_map=dict(class_to_idx) if class_to_idx else None)
+    """An ImageNet-style folder (one sub-folder per class) as a CheckedImageDataset."""
+    dataset = CheckedImageDataset(
+        str(split_dir), class_map=dict(class_to_idx) if class_to_idx else None
+    )
     if len(dataset) == 0:
         raise FileNotFoundError(f"--data: no images found under {split_dir}")
     dataset.transform = transform
@@ -217,8 +303,8 @@ def train_transform(cfg: Mapping[str, Any]):
 
 @dataclass
 class Loaders:
-    train: DataLoader
-    val: DataLoader
+    train: CheckedLoader
+    val: CheckedLoader
     train_sampler: EpochSampler
     num_classes: int
     steps_per_epoch: int  # optimizer steps per epoch (after gradient accumulation)
@@ -246,8 +332,14 @@ def build_loaders(cfg: Mapping[str, Any], world_size: int = 1, rank: int = 0) ->
             data["synthetic_val_size"], num_classes, data["img_size"], seed + 1
         )
     else:
-        train_set = image_folder(find_split(path, data["train_split"]), train_transform(cfg))
+        train_dir = find_split(path, data["train_split"])
+        train_set = image_folder(train_dir, train_transform(cfg))
         mapping = class_mapping(train_set)  # type: ignore[arg-type]
+        if len(mapping) < 2:
+            raise ValueError(
+                f"--data: {train_dir} has {len(mapping)} class folder ({', '.join(mapping)}): "
+                f"classification needs at least 2 classes (one sub-folder per class)"
+            )
         val_set = image_folder(
             find_split(path, data["val_split"]),
             eval_transform(
@@ -260,6 +352,10 @@ def build_loaders(cfg: Mapping[str, Any], world_size: int = 1, rank: int = 0) ->
             raise ValueError(
                 f"model.num_classes={num_classes} but {path} has {len(mapping)} classes"
             )
+    if num_classes < 2:
+        raise ValueError(
+            f"model.num_classes={num_classes}: classification needs at least 2 classes"
+        )
     batch_size, accum = data["batch_size"], cfg["optim"]["accum_steps"]
     sampler = EpochSampler(len(train_set), world_size, rank, seed)  # type: ignore[arg-type]
     steps_per_epoch = sampler.num_samples // (batch_size * accum)
@@ -277,14 +373,14 @@ def build_loaders(cfg: Mapping[str, Any], world_size: int = 1, rank: int = 0) ->
         # a private generator: creating an iterator must not consume the global RNG stream
         generator=torch.Generator().manual_seed(seed),
     )
-    train = DataLoader(
+    train = checked_loader(
         SeededDataset(train_set, seed),
         batch_size=batch_size,
         sampler=sampler,
         drop_last=True,
         **common,
     )
-    val = DataLoader(
+    val = checked_loader(
         val_set,
         batch_size=data["val_batch_size"] or 2 * batch_size,
         sampler=ShardSampler(len(val_set), world_size, rank),  # type: ignore[arg-type]

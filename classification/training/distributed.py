@@ -9,6 +9,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .config import ConfigError
+
 __all__ = [
     "DistInfo",
     "all_reduce_sum",
@@ -44,7 +46,11 @@ def init_distributed(device: str = "auto") -> DistInfo:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but CUDA is not available")
+        raise ConfigError(
+            "config key 'train.device' = 'cuda' but CUDA is not available here "
+            f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}): "
+            "use train.device=auto or cpu"
+        )
     if use_cuda:
         if local_rank >= torch.cuda.device_count():
             raise RuntimeError(

@@ -20,8 +20,11 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3, accuracy, dispatch_clip_grad, random_seed
 from torch.nn.parallel import DistributedDataParallel
 
+from ..atomic import atomic_copy
 from .checkpoint import (
     FORMAT,
+    CheckpointError,
+    CheckpointWriteError,
     atomic_save,
     atomic_write,
     capture_rng_state,
@@ -36,7 +39,6 @@ from .data import build_loaders, build_mixup
 from .distributed import (
     DistInfo,
     all_reduce_sum,
-    barrier,
     broadcast_object,
     gather_objects,
     init_distributed,
@@ -44,11 +46,17 @@ from .distributed import (
 )
 from .model import build_model, count_parameters
 from .optim import build_optimizer, build_scheduler
-from .runlog import RunLogger
+from .rundir import RunLock, check_fresh_run_dir, remove_stale_temporaries
+from .runlog import EPOCH_FIELDS, RunLogger, truncate_csv
 
-__all__ = ["autocast_for", "evaluate", "resolve_run_dir", "train"]
+__all__ = ["TrainingError", "autocast_for", "evaluate", "resolve_run_dir", "train"]
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TrainingError(RuntimeError):
+    """The run stopped on a problem its message describes in one line (divergence, a checkpoint
+    that could not be written), naming the last complete checkpoint."""
 
 
 def autocast_for(device: torch.device, amp: str):
@@ -99,10 +107,14 @@ def evaluate(
     }
 
 
+def _unused(path: Path) -> bool:
+    return not path.exists() or (path.is_dir() and not any(path.iterdir()))
+
+
 def _free_dir(base: Path) -> Path:
-    """`base`, or `base-1`, `base-2`, ... : the first that holds no checkpoint."""
+    """`base`, or `base-1`, `base-2`, ... : the first that does not exist or is empty."""
     candidate, n = base, 0
-    while list_checkpoints(candidate):
+    while not _unused(candidate):
         n += 1
         candidate = base.with_name(f"{base.name}-{n}")
     return candidate
@@ -111,10 +123,11 @@ def _free_dir(base: Path) -> Path:
 def resolve_run_dir(
     cfg: Mapping[str, Any], config_name: str, resume: str | None
 ) -> tuple[Path, Path | None]:
-    """The run directory and the checkpoint to resume from (None: a fresh run).
+    """The run directory and the checkpoint to resume from (None: a fresh run); reads only.
 
     `resume` is None, a checkpoint path, or "auto": the latest checkpoint of run.dir, or of the
-    newest `<output>/<name>[-N]` directory; with none found, a fresh run starts."""
+    newest `<output>/<name>[-N]` directory; with none found, a fresh run starts (in run.dir, or
+    in the first unused `<output>/<name>[-N]`)."""
     run = cfg["run"]
     explicit = Path(run["dir"]) if run["dir"] else None
     base = explicit or Path(run["output"]) / (run["name"] or config_name)
@@ -129,13 +142,59 @@ def resolve_run_dir(
             return newest.parent, newest
         print(f"--resume auto: no checkpoint under {base}; starting a new run", flush=True)
     if explicit is not None:
-        if list_checkpoints(explicit):
-            raise FileExistsError(
-                f"run.dir {explicit} already holds checkpoints: pass --resume auto to continue "
-                f"it, or choose another run directory"
-            )
         return explicit, None
     return _free_dir(base), None
+
+
+def _claim_run_dir(
+    cfg: Mapping[str, Any], config_name: str, resume: str | None
+) -> tuple[Path, Path | None, RunLock]:
+    """resolve_run_dir, then lock the directory and check it under the lock: a fresh run must
+    not replace another run's checkpoints or results; "auto" takes the latest checkpoint there
+    now (another training may have added one before it let go of the lock)."""
+    run_dir, resume_path = resolve_run_dir(cfg, config_name, resume)
+    lock = RunLock(run_dir).acquire()
+    try:
+        if resume == "auto":
+            ckpts = list_checkpoints(run_dir)
+            resume_path = ckpts[-1] if ckpts else None
+        if resume_path is None:
+            check_fresh_run_dir(run_dir)
+    except BaseException:
+        lock.release(cleanup=True)
+        raise
+    return run_dir, resume_path, lock
+
+
+def _saved_epoch(path: Path) -> int | None:
+    """The epoch a training checkpoint was saved at (None if it is missing or unreadable)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(ckpt["epoch"])
+    except Exception:  # any unreadable file is simply not the one wanted
+        return None
+
+
+def _state_mismatch(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> str | None:
+    """How `state` differs from the model's own state dict in keys and shapes (None if not)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    parts = [
+        f"{len(items)} {what} (e.g. {items[0]})"
+        for items, what in (
+            (missing, "missing keys"),
+            (unexpected, "unexpected keys"),
+            (shapes, "tensors of other shapes, checkpoint vs model"),
+        )
+        if items
+    ]
+    return "; ".join(parts) or None
 
 
 class _StopRequest:
@@ -204,7 +263,9 @@ def _batches(loader, device: torch.device, channels_last: bool) -> Iterator[tupl
 
 
 class Trainer:
-    """One training run (every rank builds one); call run()."""
+    """One training run (every rank builds one): building it checks the data, the model and the
+    checkpoint without writing anything; prepare_run_dir() then sets up the directory (rank 0)
+    and run() trains."""
 
     def __init__(
         self,
@@ -215,6 +276,7 @@ class Trainer:
         ckpt: dict[str, Any] | None = None,
     ) -> None:
         self.cfg, self.info, self.run_dir = cfg, info, run_dir
+        self.resume_path = resume_path
         train = cfg["train"]
         if ckpt is None and resume_path is not None:
             ckpt = load_training_checkpoint(resume_path)
@@ -232,6 +294,14 @@ class Trainer:
         self.epoch = self.step = 0
         self.step_lr = 0.0
         self.best: dict[str, Any] = {"metric": None, "epoch": None, "value": -math.inf}
+        # every finished epoch's log row (checkpoints carry them: the logs are rebuilt from them);
+        # None only after resuming a checkpoint written before they were saved
+        self.epoch_rows: list[dict[str, Any]] | None = []
+        # the epoch in progress: sum over its steps of the loss (mean over ranks), steps, seconds
+        self._epoch_loss = torch.zeros((), device=info.device, dtype=torch.float64)
+        self._epoch_steps = 0
+        self._epoch_seconds = 0.0
+        self._epoch_started = time.perf_counter()
         if ckpt is not None:
             self._load_state(ckpt, resume_path)
         else:
@@ -251,7 +321,13 @@ class Trainer:
             self.loss_fn = LabelSmoothingCrossEntropy(smoothing)
         else:
             self.loss_fn = torch.nn.CrossEntropyLoss()
-        self.log = RunLogger(run_dir, cfg, info.is_main, self.step if ckpt else None)
+        self.log = RunLogger(run_dir, cfg, False)  # prepare_run_dir() opens the real one
+
+    @property
+    def complete(self) -> bool:
+        """Whether the schedule (or train.max_steps) is already done."""
+        max_steps = self.cfg["train"]["max_steps"]
+        return self.epoch >= self.total_epochs or (max_steps is not None and self.step >= max_steps)
 
     def _compiled(self, model: torch.nn.Module) -> torch.nn.Module:
         """``train.compile``: true, false, or auto (compile on CUDA, where it is faster)."""
@@ -266,7 +342,28 @@ class Trainer:
         return torch.compile(model, backend=train["compile_backend"], mode=mode, dynamic=False)
 
     # ----------------------------------------------------------------- state
+    def _check_resumable(self, ckpt: dict[str, Any], path: Path) -> None:
+        """Refuse a checkpoint of another model or class count, before anything is written."""
+        theirs = ckpt["config"]["model"]["name"]
+        ours = self.cfg["model"]["name"]
+        classes = ckpt.get("num_classes")
+        problem = None
+        if theirs != ours:
+            problem = f"it is a checkpoint of {theirs}, the config builds {ours}"
+        elif classes is not None and classes != self.loaders.num_classes:
+            problem = (
+                f"it has {classes} classes, this config and dataset have {self.loaders.num_classes}"
+            )
+        elif (mismatch := _state_mismatch(self.raw_model, ckpt["model"])) is not None:
+            problem = f"its weights do not fit the model the config builds: {mismatch}"
+        if problem:
+            raise CheckpointError(
+                f"--resume {path}: {problem}; resume it with its own config (leave out "
+                f"--config), or start a new run in another run directory"
+            )
+
     def _load_state(self, ckpt: dict[str, Any], path: Path) -> None:
+        self._check_resumable(ckpt, path)
         self.raw_model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -279,9 +376,15 @@ class Trainer:
                 self.ema.module.load_state_dict(ckpt["model"])
         self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
         self.best = dict(ckpt.get("best") or self.best)
+        self.epoch_rows = [dict(r) for r in ckpt["epoch_rows"]] if "epoch_rows" in ckpt else None
+        progress = ckpt.get("epoch_progress") or {}
+        if self.step > self.epoch * ckpt.get("steps_per_epoch", self.spe) and progress:
+            self._epoch_loss.fill_(float(progress["loss_sum"]))
+            self._epoch_steps = int(progress["steps"])
+            self._epoch_seconds = float(progress["seconds"])
         if ckpt.get("steps_per_epoch") != self.spe:
             if self.step != self.epoch * ckpt.get("steps_per_epoch", self.spe):
-                raise RuntimeError(
+                raise CheckpointError(
                     f"cannot resume {path} mid-epoch: it ran {ckpt.get('steps_per_epoch')} steps "
                     f"per epoch, this setup (data, batch size, world size) runs {self.spe}"
                 )
@@ -297,12 +400,89 @@ class Trainer:
             restore_rng_state(rng[self.info.rank])
         else:
             random_seed(self.cfg["train"]["seed"] + self.step, self.info.rank)
-        if self.info.is_main:
-            print(f"resumed from {path} at epoch {self.epoch + 1}, step {self.step}", flush=True)
+
+    def prepare_run_dir(self) -> None:
+        """Rank 0, with the run directory locked and every check passed: write config.yaml,
+        delete temporaries of interrupted writes, bring best.pth up to the checkpoint's best and
+        make the logs what an uninterrupted run would have written up to the checkpoint."""
+        if not self.info.is_main:
+            return
+        text = config_to_yaml(self.cfg)
+        atomic_write(self.run_dir / "config.yaml", lambda f: f.write(text.encode()))
+        stale = remove_stale_temporaries(self.run_dir)
+        if stale:
+            print(
+                f"removed {len(stale)} temporary file(s) of interrupted writes: "
+                f"{', '.join(p.name for p in stale)}",
+                flush=True,
+            )
+        resumed = self.resume_path is not None
+        if resumed:
+            self._restore_best()
+        if resumed and self.epoch_rows is None:  # an older checkpoint: keep what the CSV has
+            self.epoch_rows = truncate_csv(self.run_dir / "epochs.csv", EPOCH_FIELDS, self.step)
+        self.log = RunLogger(
+            self.run_dir,
+            self.cfg,
+            True,
+            self.step if resumed else None,
+            self.epoch_rows if resumed else None,
+        )
+        if resumed and self.epoch_rows:
+            last = self.epoch_rows[-1]
+            self.log.write_summary(self._summary(last, int(last["epoch"]), int(last["step"])))
+
+    def _restore_best(self) -> None:
+        """A kill while best.pth was written leaves it older than the best the checkpoint
+        records: copy the checkpoint of that epoch over it."""
+        epoch = self.best.get("epoch")
+        best_path = self.run_dir / "best.pth"
+        if epoch is None or _saved_epoch(best_path) == epoch:
+            return
+        candidates = [self.run_dir / checkpoint_name(epoch * self.spe)]
+        if self.resume_path is not None:
+            candidates.insert(0, self.resume_path)
+        for source in candidates:
+            of_that_epoch = source.is_file() and _saved_epoch(source) == epoch
+            if of_that_epoch and source.resolve() != best_path.resolve():
+                atomic_copy(source, best_path)
+                print(f"best.pth restored from {source.name} (epoch {epoch})", flush=True)
+                return
+        warnings.warn(
+            f"best.pth is not the checkpoint of the best epoch ({epoch}) and no checkpoint of "
+            f"that epoch is left in {self.run_dir} to restore it from",
+            stacklevel=2,
+        )
+
+    def _last_checkpoint(self) -> str:
+        ckpts = list_checkpoints(self.run_dir)
+        return f"the last complete checkpoint is {ckpts[-1]}" if ckpts else "no checkpoint yet"
+
+    def _diverged(self, what: str) -> TrainingError:
+        return TrainingError(
+            f"training diverged: {what} at step {self.step} (epoch {self.epoch + 1}); "
+            f"{self._last_checkpoint()}: resume from it (--resume FILE) with a lower optim.lr, "
+            f"or with train.amp=bf16 / none"
+        )
+
+    def _epoch_loss_sum(self) -> float:
+        """The epoch's loss sum over steps of the mean over ranks (all ranks join)."""
+        total = all_reduce_sum(self._epoch_loss.clone()).item()
+        return total / self.info.world_size
+
+    def _weights_finite(self) -> bool:
+        flags = [p.isfinite().all() for p in self.raw_model.parameters() if p.is_floating_point()]
+        return bool(torch.stack(flags).all()) if flags else True
 
     def _save(self, reason: str) -> None:
-        """Checkpoint the run (all ranks join: RNG states are gathered; rank 0 writes)."""
+        """Checkpoint the run (all ranks join: RNG states are gathered; rank 0 writes). Nothing
+        non-finite is saved; a failed write stops the run with the last complete checkpoint
+        named."""
+        loss_sum = self._epoch_loss_sum()
+        if not math.isfinite(loss_sum) or not self._weights_finite():
+            raise self._diverged("non-finite loss or weights before a checkpoint")
         rng = gather_objects(capture_rng_state())
+        error = None
         if self.info.is_main:
             state = {
                 "format": FORMAT,
@@ -316,16 +496,30 @@ class Trainer:
                 "steps_per_epoch": self.spe,
                 "world_size": self.info.world_size,
                 "best": self.best,
+                "epoch_rows": self.epoch_rows,
+                "epoch_progress": {
+                    "loss_sum": loss_sum,
+                    "steps": self._epoch_steps,
+                    "seconds": time.perf_counter() - self._epoch_started,
+                },
                 "rng": rng,
                 "config": self.cfg,
                 "reason": reason,
                 "num_classes": self.loaders.num_classes,
             }
-            atomic_save(state, self.run_dir / checkpoint_name(self.step))
-            prune_checkpoints(self.run_dir, self.cfg["checkpoint"]["keep"])
-            if reason == "best":
-                atomic_save(state, self.run_dir / "best.pth")
-        barrier()
+            try:
+                atomic_save(state, self.run_dir / checkpoint_name(self.step))
+                prune_checkpoints(self.run_dir, self.cfg["checkpoint"]["keep"])
+                if reason == "best":
+                    atomic_save(state, self.run_dir / "best.pth")
+            except CheckpointWriteError as err:
+                error = TrainingError(
+                    f"{err}: training stopped at step {self.step}; {self._last_checkpoint()} "
+                    f"(resume with --resume auto once the problem is fixed)"
+                )
+        error = broadcast_object(error)  # every rank stops, not only the writer
+        if error is not None:
+            raise error
 
     # ----------------------------------------------------------------- loop
     def _train_step(
@@ -398,12 +592,17 @@ class Trainer:
                 f"x {self.total_epochs} epochs",
                 flush=True,
             )
-        last_metrics: dict[str, Any] = {}
+        evaluated = [r for r in self.epoch_rows or [] if r.get("top1") not in (None, "")]
+        last_metrics: dict[str, Any] = dict(evaluated[-1]) if evaluated else {}
         stopped = False
         with _StopRequest() as stop:
             while self.epoch < self.total_epochs and not stopped:
                 epoch = self.epoch
                 done = self.step - epoch * self.spe
+                if done == 0:  # a new epoch (a resumed one carries on from its checkpoint)
+                    self._epoch_loss.zero_()
+                    self._epoch_steps, self._epoch_seconds = 0, 0.0
+                self._epoch_started = time.perf_counter() - self._epoch_seconds
                 sampler_skip = done * cfg["data"]["batch_size"] * cfg["optim"]["accum_steps"]
                 self.loaders.train_sampler.set_epoch(epoch, skip=sampler_skip)
                 batches = _batches(self.loaders.train, info.device, cfg["train"]["channels_last"])
@@ -414,13 +613,11 @@ class Trainer:
                     epoch,
                     self.total_epochs,
                 )
-                epoch_loss = torch.zeros((), device=info.device, dtype=torch.float64)
-                epoch_steps, t_epoch = 0, time.perf_counter()
-                t_log, steps_since_log = t_epoch, 0
+                t_log, steps_since_log = time.perf_counter(), 0
                 for _ in range(self.spe - done):
                     loss, grad_norm = self._train_step(batches)
-                    epoch_loss += loss.double()
-                    epoch_steps += 1
+                    self._epoch_loss += loss.double()
+                    self._epoch_steps += 1
                     steps_since_log += 1
                     postfix: dict[str, Any] = {}
                     if self.step % log_interval == 0:
@@ -429,10 +626,7 @@ class Trainer:
                         rate = steps_since_log * global_batch / max(now - t_log, 1e-9)
                         t_log, steps_since_log = now, 0
                         if not math.isfinite(mean_loss):
-                            raise FloatingPointError(
-                                f"loss is {mean_loss} at step {self.step}: training diverged "
-                                f"(lower optim.lr, or use train.amp=bf16 / none)"
-                            )
+                            raise self._diverged(f"loss is {mean_loss}")
                         self.log.log_step(
                             {
                                 "step": self.step,
@@ -441,7 +635,7 @@ class Trainer:
                                 "lr": self.step_lr,
                                 "grad_norm": None if grad_norm is None else float(grad_norm),
                                 "samples_per_s": rate,
-                                "time": now - t_epoch,
+                                "time": now - self._epoch_started,
                             }
                         )
                         postfix = {
@@ -457,7 +651,7 @@ class Trainer:
                     if every and self.step % every == 0 and self.step % self.spe:
                         self._save("periodic")
                 bar.close()
-                epoch_time = time.perf_counter() - t_epoch
+                epoch_time = time.perf_counter() - self._epoch_started
                 complete = self.step == (epoch + 1) * self.spe
                 if not complete:  # stopped mid-epoch
                     self._save("stopped")
@@ -468,9 +662,14 @@ class Trainer:
                             flush=True,
                         )
                     break
+                train_loss = self._epoch_loss_sum() / max(self._epoch_steps, 1)
+                if not math.isfinite(train_loss):
+                    raise self._diverged(f"the epoch's mean loss is {train_loss}")
+                epoch_steps = self._epoch_steps
                 self.epoch = epoch + 1
-                all_reduce_sum(epoch_loss)
-                train_loss = epoch_loss.item() / max(epoch_steps, 1) / info.world_size
+                self._epoch_loss.zero_()  # an epoch-end checkpoint has no epoch in progress
+                self._epoch_steps = 0
+                self._epoch_started = time.perf_counter()
                 row: dict[str, Any] = {
                     "epoch": self.epoch,
                     "step": self.step,
@@ -492,6 +691,8 @@ class Trainer:
                         self.best = {"metric": key, "epoch": self.epoch, "value": row[key]}
                         reason = "best"
                     last_metrics = row
+                if self.epoch_rows is not None:
+                    self.epoch_rows.append(row)
                 self._save(reason)
                 self.log.log_epoch(row, self._summary(row))
         self.log.close()
@@ -506,12 +707,14 @@ class Trainer:
             out.update(ema_val_loss=ema["loss"], ema_top1=ema["top1"], ema_top5=ema["top5"])
         return out
 
-    def _summary(self, last: Mapping[str, Any]) -> dict[str, Any]:
+    def _summary(
+        self, last: Mapping[str, Any], epoch: int | None = None, step: int | None = None
+    ) -> dict[str, Any]:
         return {
             "run_dir": str(self.run_dir),
             "model": self.cfg["model"]["name"],
-            "epoch": self.epoch,
-            "step": self.step,
+            "epoch": self.epoch if epoch is None else epoch,
+            "step": self.step if step is None else step,
             "epochs": self.total_epochs,
             "steps_per_epoch": self.spe,
             "world_size": self.info.world_size,
@@ -520,22 +723,37 @@ class Trainer:
         }
 
 
+def _on_main(info: DistInfo, fn, *args: Any) -> Any:
+    """fn(*args) on rank 0, its result (or the exception it raised) shared with every rank."""
+    outcome: tuple[Any, BaseException | None] = (None, None)
+    if info.is_main:
+        try:
+            outcome = (fn(*args), None)
+        except Exception as err:  # re-raised on every rank below
+            outcome = (None, err)
+    result, error = broadcast_object(outcome)
+    if error is not None:
+        raise error
+    return result
+
+
 def train(cfg: dict[str, Any], config_name: str, resume: str | None = None) -> dict[str, Any]:
-    """Train per `cfg` (one process, or one per GPU under torchrun); return the run summary."""
+    """Train per `cfg` (one process, or one per GPU under torchrun); return the run summary.
+
+    The run directory is locked for the whole run. Everything is checked (directory, checkpoint,
+    data, model) before anything is written; a run that fails those checks leaves nothing."""
     info = init_distributed(cfg["train"]["device"])
+    lock: RunLock | None = None
+    prepared = False
+
+    def claim() -> tuple[Path, Path | None]:
+        nonlocal lock
+        run_dir, resume_path, lock = _claim_run_dir(cfg, config_name, resume)
+        return run_dir, resume_path
+
     try:
-        if info.is_main:
-            run_dir, resume_path = resolve_run_dir(cfg, config_name, resume)
-        else:
-            run_dir, resume_path = None, None
-        run_dir, resume_path = broadcast_object((run_dir, resume_path))
-        # read the checkpoint before writing anything: a bad one must leave the run untouched
+        run_dir, resume_path = _on_main(info, claim)
         ckpt = load_training_checkpoint(resume_path) if resume_path else None
-        if info.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            text = config_to_yaml(cfg)
-            atomic_write(run_dir / "config.yaml", lambda f: f.write(text.encode()))
-        barrier()
         if info.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         elif "OMP_NUM_THREADS" not in os.environ:
@@ -544,9 +762,28 @@ def train(cfg: dict[str, Any], config_name: str, resume: str | None = None) -> d
             torch.set_num_threads(max(1, cores // info.world_size - cfg["data"]["workers"]))
         trainer = Trainer(cfg, info, run_dir, resume_path, ckpt)
         del ckpt  # the optimizer state copy is no longer needed
+        _on_main(info, trainer.prepare_run_dir)
+        prepared = True
+        if trainer.complete:
+            if info.is_main:
+                print(
+                    f"run {run_dir} is complete: epoch {trainer.epoch} of "
+                    f"{trainer.total_epochs}, step {trainer.step} ({resume_path.name}); nothing "
+                    f"to resume (raise sched.epochs or train.max_steps to train further)",
+                    flush=True,
+                )
+            trainer.log.close()
+            return trainer._summary(trainer.epoch_rows[-1] if trainer.epoch_rows else {})
+        if resume_path is not None and info.is_main:
+            print(
+                f"resumed from {resume_path} at epoch {trainer.epoch + 1}, step {trainer.step}",
+                flush=True,
+            )
         summary = trainer.run()
         if info.is_main:
             print(f"run directory: {run_dir}", flush=True)
         return summary
     finally:
+        if lock is not None:
+            lock.release(cleanup=not prepared)
         shutdown()

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
+
+from ..checkpoint import CheckpointFileError, describe_error
 
 __all__ = ["build_model", "count_parameters", "register_zoo"]
 
@@ -51,13 +54,37 @@ def build_model(cfg: Mapping[str, Any], num_classes: int) -> torch.nn.Module:
         kwargs["pretrained_cfg_overlay"] = pretrained_overlay(
             spec["init_checkpoint"], spec["init_num_classes"]
         )
-    return timm.create_model(
-        name,
-        pretrained=pretrained,
-        num_classes=num_classes,
-        drop_path_rate=spec["drop_path_rate"],
-        **kwargs,
-    )
+    try:
+        return timm.create_model(
+            name,
+            pretrained=pretrained,
+            num_classes=num_classes,
+            drop_path_rate=spec["drop_path_rate"],
+            **kwargs,
+        )
+    except CheckpointFileError as err:
+        raise CheckpointFileError(f"model.init_checkpoint: {err}") from err
+    except (TypeError, ValueError) as err:  # the constructor refused model.kwargs
+        raise ValueError(
+            f"model.kwargs: {name} cannot be built with {dict(spec['kwargs'])} "
+            f"({describe_error(err)}); it accepts {', '.join(constructor_arguments(name))}"
+        ) from err
+
+
+def constructor_arguments(name: str) -> list[str]:
+    """The keyword arguments the class of timm model `name` takes (built on the meta device,
+    so nothing is allocated), less those the training config sets itself."""
+    try:
+        with torch.device("meta"):
+            cls = type(timm.create_model(name))
+    except Exception:  # only for a message: never let it hide the original error
+        return ["(see the model's documentation)"]
+    taken = {"self", "num_classes", "drop_path_rate", "pretrained"}
+    return [
+        p.name
+        for p in inspect.signature(cls.__init__).parameters.values()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in taken
+    ]
 
 
 def count_parameters(model: torch.nn.Module) -> int:

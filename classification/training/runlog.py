@@ -1,6 +1,10 @@
 """Run logging on rank 0: steps.csv (every log_interval steps), epochs.csv (one row per epoch),
-summary.json (rewritten atomically each epoch), a tqdm progress bar, and optional Weights &
-Biases (imported lazily, offline unless configured otherwise, never required)."""
+summary.json (rewritten atomically each epoch), and optional Weights & Biases (imported lazily,
+offline unless configured otherwise, never required).
+
+When a run starts or resumes, the logs are made exactly what an uninterrupted run would have
+written up to the checkpoint: steps.csv keeps its rows up to the checkpoint's step (none for a
+new run), epochs.csv is rewritten from the rows the checkpoint carries."""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from typing import Any
 
 from .checkpoint import atomic_write
 
-__all__ = ["EPOCH_FIELDS", "STEP_FIELDS", "RunLogger", "read_csv"]
+__all__ = ["EPOCH_FIELDS", "STEP_FIELDS", "RunLogger", "read_csv", "truncate_csv"]
 
 STEP_FIELDS = ("step", "epoch", "loss", "lr", "grad_norm", "samples_per_s", "time")
 EPOCH_FIELDS = (
@@ -40,25 +44,52 @@ def read_csv(path: str | os.PathLike[str]) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def _truncate_csv(path: Path, fields: tuple[str, ...], max_step: int) -> None:
-    """Keep the header and the rows with step <= max_step (rows a crashed run wrote past its
-    last checkpoint would otherwise duplicate the resumed run's)."""
-    if not path.is_file():
-        return
-    rows = [r for r in read_csv(path) if r.get("step") and int(r["step"]) <= max_step]
+def _rewrite_csv(path: Path, fields: tuple[str, ...], rows: list[Mapping[str, Any]]) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: _fmt(row.get(k)) for k in fields} for row in rows)
     atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
+
+
+def _complete_rows(path: Path, fields: tuple[str, ...]) -> list[dict[str, str]]:
+    """The rows of a log with every field present and an integer step (a write interrupted by
+    a full disk can leave a partial last line)."""
+    if not path.is_file():
+        return []
+    rows = []
+    for row in read_csv(path):
+        if None in row or any(row.get(k) is None for k in fields):
+            continue
+        try:
+            int(row["step"])
+        except (KeyError, ValueError):
+            continue
+        rows.append(row)
+    return rows
+
+
+def truncate_csv(path: Path, fields: tuple[str, ...], max_step: int) -> list[dict[str, str]]:
+    """Keep the header and the rows with step <= max_step (rows a crashed run wrote past its
+    last checkpoint would otherwise duplicate the resumed run's); returns the rows kept."""
+    rows = [r for r in _complete_rows(path, fields) if int(r["step"]) <= max_step]
+    _rewrite_csv(path, fields, rows)
+    return rows
 
 
 class RunLogger:
     """Writes the run's logs; every method is a no-op on ranks other than 0."""
 
     def __init__(
-        self, run_dir: Path, cfg: Mapping[str, Any], enabled: bool, resume_step: int | None = None
+        self,
+        run_dir: Path,
+        cfg: Mapping[str, Any],
+        enabled: bool,
+        resume_step: int | None = None,
+        epoch_rows: list[Mapping[str, Any]] | None = None,
     ) -> None:
+        """`resume_step` None starts new logs; otherwise steps.csv is cut back to it and
+        epochs.csv rewritten from `epoch_rows` (cut back to the step too when None)."""
         self.run_dir, self.enabled, self.cfg = run_dir, enabled, cfg
         self.steps_path, self.epochs_path = run_dir / "steps.csv", run_dir / "epochs.csv"
         self.summary_path = run_dir / "summary.json"
@@ -66,13 +97,11 @@ class RunLogger:
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
-        if resume_step is not None:
-            _truncate_csv(self.steps_path, STEP_FIELDS, resume_step)
-            _truncate_csv(self.epochs_path, EPOCH_FIELDS, resume_step)
-        for path, fields in ((self.steps_path, STEP_FIELDS), (self.epochs_path, EPOCH_FIELDS)):
-            if not path.is_file() or path.stat().st_size == 0:
-                with open(path, "w", newline="") as f:
-                    csv.DictWriter(f, fieldnames=fields).writeheader()
+        truncate_csv(self.steps_path, STEP_FIELDS, resume_step or 0)
+        if epoch_rows is not None:
+            _rewrite_csv(self.epochs_path, EPOCH_FIELDS, epoch_rows)
+        else:
+            truncate_csv(self.epochs_path, EPOCH_FIELDS, resume_step or 0)
         if cfg["logging"]["wandb"]:
             self._wandb = self._start_wandb(resume_step is not None)
 
@@ -121,8 +150,7 @@ class RunLogger:
         if not self.enabled:
             return
         self._append(self.epochs_path, EPOCH_FIELDS, row)
-        text = json.dumps(dict(summary), indent=2, default=str)
-        atomic_write(self.summary_path, lambda f: f.write(text.encode()))
+        self.write_summary(summary)
         parts = [f"epoch {row['epoch']}", f"step {row['step']}"]
         for key in ("train_loss", "val_loss", "top1", "top5", "ema_top1", "lr", "samples_per_s"):
             if row.get(key) is not None:
@@ -133,6 +161,12 @@ class RunLogger:
             self._wandb.log(
                 {f"epoch/{k}": v for k, v in row.items() if v is not None}, step=int(row["step"])
             )
+
+    def write_summary(self, summary: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
+        text = json.dumps(dict(summary), indent=2, default=str)
+        atomic_write(self.summary_path, lambda f: f.write(text.encode()))
 
     def close(self) -> None:
         if self._wandb is not None:

@@ -224,7 +224,7 @@ def _attend(query, key, value, rpb, kernel_size, dilation, is_causal, scale, wit
     _, plan, q, k, v, bias = _setup(
         query, key, value, rpb, kernel_size, dilation, is_causal, scale
     )
-    qidx, _, kidx, mask, _, out_index = plan[:6]
+    kidx, mask, out_index = plan[2], plan[3], plan[5]
     b, h, _, d = q.shape
     n_tiles, t_q, t_b = mask.shape
     out_t = q.new_empty(b, h, n_tiles, t_q, d)

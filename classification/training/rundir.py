@@ -1,0 +1,143 @@
+"""The run directory: one training at a time (an fcntl lock on a file in it), what it already
+holds, and the temporaries that interrupted writes left behind."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+from pathlib import Path
+
+from ..atomic import stale_temporaries
+from .checkpoint import list_checkpoints
+
+__all__ = ["LOCK_NAME", "RunDirError", "RunLock", "previous_results", "remove_stale_temporaries"]
+
+LOCK_NAME = ".nat-train.lock"
+
+
+class RunDirError(ValueError):
+    """The run directory cannot be used: in use by another training, holding another run's
+    results, or not creatable/writable."""
+
+
+def previous_results(run_dir: Path) -> list[str]:
+    """The files in `run_dir` that hold a training's results (a fresh run must not replace them)."""
+    found = [name for name in ("best.pth", "summary.json") if (run_dir / name).is_file()]
+    epochs = run_dir / "epochs.csv"
+    if epochs.is_file():
+        with open(epochs) as f:
+            if sum(1 for line in f if line.strip()) > 1:  # a header and at least one row
+                found.append("epochs.csv")
+    return found
+
+
+def check_fresh_run_dir(run_dir: Path) -> None:
+    """Refuse to start a new run where a previous run's checkpoints or results are."""
+    if list_checkpoints(run_dir):
+        raise RunDirError(
+            f"run.dir {run_dir} already holds checkpoints: pass --resume auto to continue it, "
+            f"or choose another run directory"
+        )
+    results = previous_results(run_dir)
+    if results:
+        raise RunDirError(
+            f"run.dir {run_dir} holds a previous run's results ({', '.join(results)}) but no "
+            f"checkpoint-*.pth to resume from: choose another run directory (or move those "
+            f"files away)"
+        )
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete what interrupted atomic writes left in `run_dir` (call with the lock held)."""
+    stale = stale_temporaries(run_dir)
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+class RunLock:
+    """An exclusive, non-blocking flock on `<run_dir>/.nat-train.lock`, released by the kernel
+    however the process ends. acquire() creates the directory if needed; release(cleanup=True)
+    also removes the directories acquire() created, when empty (a run that failed its checks
+    leaves nothing behind)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_NAME
+        self._fd: int | None = None
+        self._created: list[Path] = []
+
+    def acquire(self) -> RunLock:
+        missing = []
+        for parent in (self.run_dir, *self.run_dir.parents):
+            if parent.exists():
+                break
+            missing.append(parent)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise RunDirError(
+                f"run.dir {self.run_dir} cannot be created: {err.strerror or err} "
+                f"(choose a writable location)"
+            ) from err
+        self._created = missing
+        try:
+            self._fd = self._lock()
+        except BaseException:
+            self._remove_created()
+            raise
+        return self
+
+    def _lock(self) -> int:
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as err:
+                raise RunDirError(
+                    f"run.dir {self.run_dir} is not writable: {err.strerror or err} "
+                    f"(choose a writable location)"
+                ) from err
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+                os.close(fd)
+                raise RunDirError(
+                    f"run.dir {self.run_dir} is in use by another training "
+                    f"({holder or 'unknown process'}): wait for it to finish, or choose another "
+                    f"run directory"
+                ) from None
+            try:  # the file may have been removed by its last holder since we opened it
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+                return fd
+            os.close(fd)
+
+    def release(self, cleanup: bool = False) -> None:
+        """Unlock (removing the lock file); with `cleanup`, also remove the directories that
+        acquire() created if nothing else is in them."""
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)  # while still holding it: see _lock
+            os.close(self._fd)
+            self._fd = None
+        if cleanup:
+            self._remove_created()
+        self._created = []
+
+    def _remove_created(self) -> None:
+        for directory in self._created:  # deepest first
+            try:
+                directory.rmdir()
+            except OSError:  # not empty (or already gone): keep it
+                return
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
