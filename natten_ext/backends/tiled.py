@@ -221,9 +221,7 @@ def _setup(query, key, value, rpb, kernel_size, dilation, is_causal, scale):
 
 
 def _attend(query, key, value, rpb, kernel_size, dilation, is_causal, scale, with_lse: bool):
-    _, plan, q, k, v, bias = _setup(
-        query, key, value, rpb, kernel_size, dilation, is_causal, scale
-    )
+    _, plan, q, k, v, bias = _setup(query, key, value, rpb, kernel_size, dilation, is_causal, scale)
     kidx, mask, out_index = plan[2], plan[3], plan[5]
     b, h, _, d = q.shape
     n_tiles, t_q, t_b = mask.shape
