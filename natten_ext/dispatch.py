@@ -16,10 +16,6 @@ _state = threading.local()
 
 def forced_backend() -> str | None:
     """The backend forced by ``use_backend`` or the environment variable, else None."""
-    return _forced()
-
-
-def _forced() -> str | None:
     name = getattr(_state, "backend", None)
     if name is None:
         name = os.environ.get(ENV_VAR) or None
@@ -55,7 +51,7 @@ def available_backends() -> list[str]:
 def select_backend(query, key, value, rpb, kernel_size, dilation, is_causal) -> str:
     """Name of the backend that will serve this call (raises if a forced one cannot)."""
     args = (query, key, value, rpb, kernel_size, dilation, is_causal)
-    forced = _forced()
+    forced = forced_backend()
     if forced is not None:
         module = backends.get(forced)
         if module is None or not module.is_available():

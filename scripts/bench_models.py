@@ -21,7 +21,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import statistics
@@ -56,7 +55,8 @@ CHANNELS_LAST = ("convnext",)
 
 def build(name: str, device: torch.device) -> torch.nn.Module:
     model = timm.create_model(name, num_classes=1000).to(device)
-    if name.startswith(CHANNELS_LAST):
+    model.bench_channels_last = name.startswith(CHANNELS_LAST)
+    if model.bench_channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
 
@@ -65,7 +65,7 @@ def make_step(model, mode: str, batch: int, img: int, compile_mode: str | None, 
     """A zero-argument callable running one step of ``mode`` on fixed synthetic tensors."""
     train = mode.startswith("train")
     x = torch.randn(batch, 3, img, img, device=device)
-    if any(type(model).__module__.startswith(f"timm.models.{p}") for p in CHANNELS_LAST):
+    if getattr(model, "bench_channels_last", False):  # set by build()
         x = x.contiguous(memory_format=torch.channels_last)
     target = torch.randint(0, 1000, (batch,), device=device)
     model.train(train)
@@ -273,8 +273,6 @@ def main(argv: list[str] | None = None) -> int:
                 r = {"model": name, "mode": mode, "error": msg, "trace": traceback.format_exc()}
                 print(f"{name:32s} {mode:15s} FAILED {msg}", flush=True)
             results.append(r)
-            with contextlib.suppress(NameError):
-                del r
     print(table(results, modes))
     if args.json:
         args.json.write_text(

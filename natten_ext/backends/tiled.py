@@ -1,7 +1,8 @@
 """Tiled backend: plain PyTorch batched matrix products over query tiles, any device and dtype.
 
-Queries are cut into tiles of a few positions per axis, inside one dilation group (8x8 in 2-D,
-64 in 1-D, 4x4x4 in 3-D; a whole group when it is shorter). A tile's windows together cover a box
+Queries are cut into tiles of a few positions per axis, inside one dilation group (sizes near 8
+per axis in 2-D, 64 in 1-D, 4 in 3-D, chosen per axis to waste the fewest (query, key) pairs; a
+whole group when it is short). A tile's windows together cover a box
 of at most ``tile + kernel - 1`` keys per axis, so one tile is one small dense attention problem:
 ``[queries, box]`` scores from a matrix product, the window mask and the RPB applied from cached
 tables, softmax, and a second product with the box's values. Memory stays O(N*K): each query sees
@@ -9,17 +10,17 @@ its box (about 4x its window in 2-D) instead of every key. Gradients are exact a
 scores (flash-style); key/value gradients are summed back over overlapping boxes with
 ``index_add``. Half-precision inputs are computed in float32.
 
-It is the automatic choice wherever the triton kernels cannot run (CPU above all). A value row
-that is not finite must reach only the outputs whose windows contain it (a masked product would
-spread it over the whole tile as 0 * NaN), so such calls take the reference backend's per-window
-gathers instead.
+It is the automatic choice wherever the triton kernels cannot run (CPU above all). A key or value
+row that is not finite must reach only the outputs whose windows contain it (a masked product
+would spread it over the whole tile: 0 * NaN and NaN + -inf are NaN), so such calls take the
+reference backend's per-window gathers instead.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -94,8 +95,21 @@ def _axis_tiles(length: int, k: int, d: int, causal: bool, tile: int):
             torch.stack(bias))  # fmt: skip
 
 
+class TilePlan(NamedTuple):
+    """The tables of one (spatial shape, kernel, dilation, causal) configuration."""
+
+    qidx: torch.Tensor  # [tiles, Q] token of each query slot
+    qvalid: torch.Tensor  # [tiles, Q] real query (padding slots duplicate one)
+    kidx: torch.Tensor  # [tiles, Kb] token of each box key
+    mask: torch.Tensor  # [tiles, Q, Kb] key inside the query's window
+    bias: torch.Tensor  # [tiles, Q, Kb] flat rpb bin (clamped where masked)
+    out_index: torch.Tensor  # [N] the slot each token's output is read from
+    bias_gather: torch.Tensor  # [tiles, Q*Kb] rpb bin, or the appended -inf bin where masked
+    derived: dict  # tables computed per dtype on first use (see _bias_source)
+
+
 @functools.lru_cache(maxsize=128)
-def _plan_cpu(spatial, kernel_size, dilation, is_causal):
+def _plan_cpu(spatial, kernel_size, dilation, is_causal) -> tuple[torch.Tensor, ...]:
     ndim = len(spatial)
     axes = [
         _axis_tiles(spatial[a], kernel_size[a], dilation[a], is_causal[a], _TILE[ndim])
@@ -133,17 +147,14 @@ def _plan_cpu(spatial, kernel_size, dilation, is_causal):
     return qidx, qvalid, kidx, mask, bias, out_index, bias_gather
 
 
-_device_plans: dict[tuple, tuple] = {}
+_device_plans: dict[tuple, TilePlan] = {}
 
 
-def _plan(spatial, kernel_size, dilation, is_causal, device: torch.device):
+def _plan(spatial, kernel_size, dilation, is_causal, device: torch.device) -> TilePlan:
     key = (tuple(spatial), tuple(kernel_size), tuple(dilation), tuple(is_causal), str(device))
     plan = _device_plans.get(key)
     if plan is None:
-        plan = _plan_cpu(*key[:4])
-        if device.type != "cpu":
-            plan = tuple(t.to(device) for t in plan)
-        plan = (*plan, {})  # tables derived per dtype (see _bias_source)
+        plan = TilePlan(*(t.to(device) for t in _plan_cpu(*key[:4])), derived={})
         if len(_device_plans) > 128:
             _device_plans.clear()
         _device_plans[key] = plan
@@ -180,7 +191,7 @@ def _bias_source(rpb, plan, ct):
     """What the logits add: for RPB, the flat ``[h, bins + 1]`` table with a -inf bin appended
     (gathered per chunk in ``_logits``); without RPB, the cached ``[1, tiles, Q, Kb]`` 0 / -inf
     window mask."""
-    mask, derived = plan[3], plan[7]
+    mask, derived = plan.mask, plan.derived
     if rpb is None:  # constant per plan and dtype
         table = derived.get(ct)
         if table is None:
@@ -196,13 +207,13 @@ def _logits(q, k, bias, plan, tiles):
 
     The -inf of the window mask is added: callers make sure keys are finite (NaN + -inf is NaN).
     """
-    qidx, kidx, mask, bias_gather = plan[0], plan[2], plan[3], plan[6]
-    qt = _gather(q, qidx[tiles])  # [B, h, t, Q, D]
-    kt = _gather(k, kidx[tiles])  # [B, h, t, Kb, D]
+    qt = _gather(q, plan.qidx[tiles])  # [B, h, t, Q, D]
+    kt = _gather(k, plan.kidx[tiles])  # [B, h, t, Kb, D]
     s = qt @ kt.transpose(-1, -2)
     if bias.dim() == 2:  # torch.gather with an expanded index: the fastest single-element gather
-        idx = bias_gather[tiles].reshape(1, -1).expand(bias.shape[0], -1)
-        return s.add_(torch.gather(bias, 1, idx).view(bias.shape[0], *mask[tiles].shape)), qt, kt
+        idx = plan.bias_gather[tiles].reshape(1, -1).expand(bias.shape[0], -1)
+        table = torch.gather(bias, 1, idx).view(bias.shape[0], *plan.mask[tiles].shape)
+        return s.add_(table), qt, kt
     return s.add_(bias[:, tiles]), qt, kt
 
 
@@ -222,9 +233,9 @@ def _setup(query, key, value, rpb, kernel_size, dilation, is_causal, scale):
 
 def _attend(query, key, value, rpb, kernel_size, dilation, is_causal, scale, with_lse: bool):
     _, plan, q, k, v, bias = _setup(query, key, value, rpb, kernel_size, dilation, is_causal, scale)
-    kidx, mask, out_index = plan[2], plan[3], plan[5]
+    kidx, out_index = plan.kidx, plan.out_index
     b, h, _, d = q.shape
-    n_tiles, t_q, t_b = mask.shape
+    n_tiles, t_q, t_b = plan.mask.shape
     out_t = q.new_empty(b, h, n_tiles, t_q, d)
     lse_t = q.new_empty(b, h, n_tiles, t_q) if with_lse else None
     for tiles in _chunks(n_tiles, b * h * t_q * t_b, q.device):
@@ -269,11 +280,11 @@ def backward(grad_out, query, key, value, rpb, out, lse, kernel_size, dilation, 
     ct, plan, q, k, v, bias = _setup(
         query, key, value, rpb, kernel_size, dilation, is_causal, scale
     )
-    qidx, qvalid, kidx, mask, bias_idx, out_index = plan[:6]
+    qidx, kidx, out_index = plan.qidx, plan.kidx, plan.out_index
     d_out = _heads_first(grad_out, ct)
     b, h, _, d = q.shape
-    n_tiles, t_q, t_b = mask.shape
-    valid = qvalid.to(ct)
+    n_tiles, t_q, t_b = plan.mask.shape
+    valid = plan.qvalid.to(ct)
     dq_t = q.new_empty(b, h, n_tiles, t_q, d)
     dk = torch.zeros_like(k)
     dv = torch.zeros_like(v)
@@ -296,15 +307,10 @@ def backward(grad_out, query, key, value, rpb, out, lse, kernel_size, dilation, 
     drpb = None
     if d_bias is not None:
         flat = torch.zeros(h, rpb[0].numel(), dtype=ct, device=q.device)
-        flat.index_add_(1, bias_idx.reshape(-1), d_bias.reshape(h, -1))
+        flat.index_add_(1, plan.bias.reshape(-1), d_bias.reshape(h, -1))
         drpb = flat.reshape(rpb.shape).to(rpb.dtype)
 
     def heads_last(t, like):
         return t.transpose(1, 2).reshape(like.shape).to(like.dtype).contiguous()
 
     return heads_last(dq, query), heads_last(dk, key), heads_last(dv, value), drpb
-
-
-def window_tables(spatial: Sequence[int], kernel_size, dilation, is_causal):
-    """The cached tile tables (for tests and benchmarks): see ``_plan_cpu``."""
-    return _plan_cpu(tuple(spatial), tuple(kernel_size), tuple(dilation), tuple(is_causal))
