@@ -20,6 +20,7 @@ from torch import nn
 
 from .checkpoint import checkpoint_filter_fn, forget_overlay_state_dict, read_file_overlay
 from .dilation import D224, D384
+from .fast_layernorm import FastLayerNorm
 from .layers import (
     HierarchicalMixin,
     build_levels,
@@ -66,7 +67,7 @@ class DiNAT_s(HierarchicalMixin, nn.Module):
         in_chans: int = 3,
         num_classes: int = 1000,
         global_pool: str = "avg",
-        norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
+        norm_layer: Callable[..., nn.Module] = FastLayerNorm,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         **kwargs: Any,

@@ -27,6 +27,7 @@ from timm.models._manipulate import checkpoint
 from torch import Tensor, nn
 
 from .checkpoint import checkpoint_filter_fn, forget_overlay_state_dict, read_file_overlay
+from .fast_layernorm import FastLayerNorm
 from .layers import ClassifierMixin, NATransformerBlock, materialize
 
 __all__ = ["GlobalAttentionRPB", "NATIsotropic"]
@@ -147,7 +148,7 @@ class NATIsotropic(ClassifierMixin, nn.Module):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.1,
         global_pool: str = "avg",
-        norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
+        norm_layer: Callable[..., nn.Module] = FastLayerNorm,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         **kwargs: Any,

@@ -27,6 +27,8 @@ from torch import Tensor, nn
 
 from natten_ext import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
 
+from .fast_layernorm import FastLayerNorm
+
 for _cls in (NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D):
     register_notrace_module(_cls)
 
@@ -156,7 +158,7 @@ class NATransformerBlock(nn.Module):
         drop_path: float = 0.0,
         layer_scale: float | None = None,
         act_layer: Callable[..., nn.Module] = nn.GELU,
-        norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
+        norm_layer: Callable[..., nn.Module] = FastLayerNorm,
         attn_layer: Callable[..., nn.Module] | None = None,
     ) -> None:
         super().__init__()

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from .checkpoint import checkpoint_filter_fn, forget_overlay_state_dict, read_file_overlay
 from .dilation import D224, D384
+from .fast_layernorm import FastLayerNorm
 from .layers import (
     HierarchicalMixin,
     build_levels,
@@ -36,7 +37,7 @@ class ConvTokenizer(nn.Module):
         self,
         in_chans: int = 3,
         embed_dim: int = 64,
-        norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
+        norm_layer: Callable[..., nn.Module] = FastLayerNorm,
     ) -> None:
         super().__init__()
         self.proj = nn.Sequential(
@@ -52,7 +53,7 @@ class ConvTokenizer(nn.Module):
 class ConvDownsampler(nn.Module):
     """3x3 stride-2 convolution ``dim -> 2 dim`` without bias, then LayerNorm; channels-last."""
 
-    def __init__(self, dim: int, norm_layer: Callable[..., nn.Module] = nn.LayerNorm) -> None:
+    def __init__(self, dim: int, norm_layer: Callable[..., nn.Module] = FastLayerNorm) -> None:
         super().__init__()
         self.reduction = nn.Conv2d(dim, 2 * dim, kernel_size=3, stride=2, padding=1, bias=False)
         self.norm = norm_layer(2 * dim)
@@ -102,7 +103,7 @@ class NAT(HierarchicalMixin, nn.Module):
         in_chans: int = 3,
         num_classes: int = 1000,
         global_pool: str = "avg",
-        norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
+        norm_layer: Callable[..., nn.Module] = FastLayerNorm,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         **kwargs: Any,

@@ -8,8 +8,10 @@ window's images/s; peak memory is ``torch.cuda.max_memory_allocated`` over the t
 
 Models: this project's zoo names (``nat_tiny``, ``dinat_tiny``, ...) and any timm model
 (``swin_tiny_patch4_window7_224``, ``convnext_tiny``; ConvNeXt runs channels-last, as timm
-recommends). Modes: ``train``, ``train_compiled``, ``infer``, ``infer_compiled``.
-``--profile MODEL`` prints where one training step's (and one inference step's) GPU time goes.
+recommends). Modes: ``train``, ``train_compiled``, ``infer``, ``infer_compiled`` (inductor in
+``--compile-mode``), and ``train_cudagraphs`` / ``infer_cudagraphs`` (inductor with CUDA graphs,
+``mode="reduce-overhead"``, in the same process).
+``--profile MODEL`` prints where one step's GPU time goes, for each of ``--profile-modes``.
 
 Usage:
     python scripts/bench_models.py [--models nat_tiny,swin_tiny_patch4_window7_224]
@@ -50,6 +52,14 @@ DEFAULT_MODELS = (
     "convnext_tiny",
 )
 MODES = ("train", "train_compiled", "infer", "infer_compiled")
+EXTRA_MODES = ("train_cudagraphs", "infer_cudagraphs")
+ALL_MODES = MODES + EXTRA_MODES
+
+
+def _compiles(mode: str) -> bool:
+    return mode.endswith(("compiled", "cudagraphs"))
+
+
 CHANNELS_LAST = ("convnext",)
 
 
@@ -70,7 +80,9 @@ def make_step(model, mode: str, batch: int, img: int, compile_mode: str | None, 
     target = torch.randint(0, 1000, (batch,), device=device)
     model.train(train)
     fn = model
-    if mode.endswith("compiled"):
+    if mode.endswith("cudagraphs"):
+        compile_mode = "reduce-overhead"
+    if _compiles(mode):
         kwargs: dict[str, Any] = {"fullgraph": True}
         if compile_mode not in (None, "default"):
             kwargs["mode"] = compile_mode
@@ -79,6 +91,7 @@ def make_step(model, mode: str, batch: int, img: int, compile_mode: str | None, 
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 
         def step():
+            torch.compiler.cudagraph_mark_step_begin()  # reduce-overhead: a new iteration
             opt.zero_grad(set_to_none=True)
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 out = fn(x)
@@ -88,6 +101,7 @@ def make_step(model, mode: str, batch: int, img: int, compile_mode: str | None, 
     else:
 
         def step():
+            torch.compiler.cudagraph_mark_step_begin()
             with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
                 fn(x)
 
@@ -121,7 +135,14 @@ def run_case(name, mode, args, device) -> dict[str, Any]:
     torch.cuda.synchronize()
     warm_s = time.perf_counter() - t0
     torch.cuda.reset_peak_memory_stats()
-    ms = time_windows(step, args.windows, args.steps)
+    # Earlier cases' compiled graphs leave millions of Python objects behind; without freezing
+    # them, the garbage collector's full passes slow the host side of eager steps.
+    gc.collect()
+    gc.freeze()
+    try:
+        ms = time_windows(step, args.windows, args.steps)
+    finally:
+        gc.unfreeze()
     peak = torch.cuda.max_memory_allocated() / 2**30
     med = statistics.median(ms)
     return {
@@ -166,14 +187,19 @@ def profile(name: str, args, device) -> str:
     from torch.profiler import profile as torch_profile
 
     lines = []
-    for mode in ("train", "infer"):
+    for mode in args.profile_modes.split(","):
         torch._dynamo.reset()
         model = build(name, device)
-        step = make_step(model, mode, args.batch, args.img, None, device)
+        step = make_step(model, mode, args.batch, args.img, args.compile_mode, device)
         for _ in range(3):
             step()
         torch.cuda.synchronize()
         reps = 3
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            step()
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - t0) * 1000.0 / reps
         with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(reps):
                 step()
@@ -188,7 +214,10 @@ def profile(name: str, args, device) -> str:
         by_cat: dict[str, float] = defaultdict(float)
         for k, v in per_kernel.items():
             by_cat[_category(k)] += v
-        lines.append(f"\n## {name} {mode}: {total:.2f} ms of GPU time per step, batch {args.batch}")
+        lines.append(
+            f"\n## {name} {mode}: {total:.2f} ms of GPU time per step ({wall:.2f} ms wall, "
+            f"unprofiled), batch {args.batch}"
+        )
         lines.append("| category | ms/step | share |")
         lines.append("|---|---|---|")
         for cat, v in sorted(by_cat.items(), key=lambda kv: -kv[1]):
@@ -213,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=10, help="steps per timed window")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--profile", default="", help="comma-separated models to profile instead")
+    p.add_argument(
+        "--profile-modes",
+        default="train,infer",
+        help="modes profiled by --profile (any of --modes' choices)",
+    )
     p.add_argument("--top", type=int, default=15, help="kernels listed per profile")
     p.add_argument(
         "--jobs",
@@ -230,9 +264,10 @@ def main(argv: list[str] | None = None) -> int:
         if value < 1:
             p.error(f"{name} must be >= 1, got {value}")
     modes = [m for m in args.modes.split(",") if m]
-    bad = [m for m in modes if m not in MODES]
-    if bad:
-        p.error(f"--modes: unknown {bad}; choose from {', '.join(MODES)}")
+    for flag, chosen in (("--modes", modes), ("--profile-modes", args.profile_modes.split(","))):
+        bad = [m for m in chosen if m not in ALL_MODES]
+        if bad:
+            p.error(f"{flag}: unknown {bad}; choose from {', '.join(ALL_MODES)}")
     device = torch.device("cuda")
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -289,7 +324,7 @@ def warm_up_in_workers(args, modes: list[str]) -> None:
     """Compile every compiled case in parallel subprocesses (same shapes and settings)."""
     import subprocess
 
-    cases = [(n, m) for n in args.models.split(",") for m in modes if m.endswith("compiled")]
+    cases = [(n, m) for n in args.models.split(",") for m in modes if _compiles(m)]
     base = [sys.executable, __file__, "--batch", str(args.batch), "--img", str(args.img),
             "--compile-mode", args.compile_mode]  # fmt: skip
     t0 = time.perf_counter()
@@ -312,14 +347,15 @@ def table(results: list[dict[str, Any]], modes: list[str]) -> str:
     by = {(r["model"], r["mode"]): r for r in results}
     names = list(dict.fromkeys(r["model"] for r in results))
     cols = " | ".join(f"{m} img/s" for m in modes)
-    head = f"| model | {cols} | peak GiB (train / compiled) |"
+    trains = [m for m in modes if m.startswith("train")]
+    head = f"| model | {cols} | peak GiB ({' / '.join(trains)}) |"
     lines = [head, "|" + "---|" * (len(modes) + 2)]
     for n in names:
         cells = []
         for m in modes:
             r = by.get((n, m), {})
             cells.append(f"{r['images_per_s']:.0f}" if "images_per_s" in r else "fails")
-        mem = [by.get((n, m), {}).get("peak_gib") for m in ("train", "train_compiled")]
+        mem = [by.get((n, m), {}).get("peak_gib") for m in trains]
         mem_s = " / ".join(f"{v:.1f}" if v is not None else "-" for v in mem)
         lines.append(f"| {n} | " + " | ".join(cells) + f" | {mem_s} |")
     return "\n".join(lines)

@@ -180,6 +180,26 @@ def test_rpb_and_norms_get_no_weight_decay() -> None:
         assert decay_of[id(names[n])] == 0.05, n
 
 
+def test_fused_optimizer_switch() -> None:
+    """optim.fused: auto keeps the default (foreach) implementation off CUDA; true asks torch
+    for the fused kernel; an optimizer without one is refused with the key named."""
+    cfg = load_config(CONFIG_DIR / "nat_mini.yaml")
+    model = torch.nn.Linear(4, 4)
+    assert not build_optimizer(model, cfg).defaults.get("fused")
+    fused_cfg = apply_overrides(copy.deepcopy(cfg), ["optim.fused=true"])
+    optimizer = build_optimizer(model, fused_cfg)
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["fused"] is True
+    before = model.weight.detach().clone()
+    model(torch.randn(2, 4)).sum().backward()
+    optimizer.step()  # the fused CPU kernel runs
+    assert not torch.equal(before, model.weight)
+    sgd = apply_overrides(copy.deepcopy(cfg), ["optim.fused=true", "optim.opt=sgd"])
+    with pytest.raises(ValueError, match=r"optim\.fused=true needs optim\.opt"):
+        build_optimizer(model, sgd)
+    with pytest.raises(ConfigError, match=r"optim\.fused"):
+        validate_config(apply_overrides(copy.deepcopy(cfg), ["optim.fused=maybe"]))
+
+
 # --------------------------------------------------------------------------- config system
 
 

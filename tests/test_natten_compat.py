@@ -547,8 +547,8 @@ def test_cuda_ops_modules_and_queries(dtype):
         assert got.device.type == "cuda" and got.dtype == dtype
         assert rel_err(got.cpu(), want) < tol
         ours = torch.autograd.grad(got, live, grad.to("cuda", dtype))
-        for a, b in zip(ours, ref):
-            assert rel_err(a.cpu(), b) < tol
+        for a, b in zip(ours, ref):  # the oracle's gradients flow back to the CUDA leaves
+            assert rel_err(a.cpu(), b.cpu()) < tol
     torch.manual_seed(0)
     m = M.NeighborhoodAttention2D_v015(64, 2, 7, 2).to("cuda", dtype)
     ne = natten_ext.NeighborhoodAttention2D(64, 2, 7, 2).to("cuda", dtype)

@@ -85,6 +85,8 @@ DEFAULTS: dict[str, Any] = {
         "clip_grad": 5.0,  # None disables
         "clip_mode": "norm",
         "accum_steps": 1,
+        # torch's fused (single-kernel) Adam/AdamW: true | false | auto (on CUDA for adam/adamw)
+        "fused": "auto",
     },
     "sched": {
         "name": "cosine",
@@ -102,7 +104,9 @@ DEFAULTS: dict[str, Any] = {
         # docs/benchmarks.md). The first steps then include compilation (about a minute).
         "compile": "auto",
         "compile_backend": "inductor",  # torch.compile backend (e.g. aot_eager, cudagraphs)
-        "compile_mode": "default",  # inductor mode, e.g. max-autotune-no-cudagraphs
+        # inductor mode; auto: reduce-overhead (CUDA graphs) for one process without gradient
+        # accumulation, else default; or default / max-autotune-no-cudagraphs / ...
+        "compile_mode": "auto",
         "channels_last": False,
         "ema": False,
         "ema_decay": 0.9998,
@@ -142,11 +146,12 @@ _NULLABLE_TYPES: dict[tuple[str, ...], tuple[type, ...]] = {
     ("run", "name"): (str,),
     ("run", "dir"): (str,),
 }
-_BOOL_OR_AUTO = {("train", "compile")}
+_BOOL_OR_AUTO = {("train", "compile"), ("optim", "fused")}
 _CHOICES: dict[tuple[str, ...], tuple[str, ...]] = {
     ("train", "amp"): ("bf16", "fp16", "none"),
     ("train", "device"): ("auto", "cpu", "cuda"),
     ("train", "compile_mode"): (
+        "auto",
         "default",
         "reduce-overhead",
         "max-autotune",

@@ -78,6 +78,7 @@ def evaluate(
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, count
     for images, target in loader:
+        torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs (reduce-overhead): new step
         images = images.to(device, non_blocking=True)
         target = target.to(device, non_blocking=True)
         if channels_last:
@@ -337,7 +338,11 @@ class Trainer:
             wanted = self.info.device.type == "cuda"
         if not wanted:
             return model
-        mode = None if train["compile_mode"] == "default" else train["compile_mode"]
+        mode = train["compile_mode"]
+        if mode == "auto":  # CUDA graphs where the step is host-bound and they are safe
+            single = not self.info.distributed and self.cfg["optim"]["accum_steps"] == 1
+            mode = "reduce-overhead" if single and self.info.device.type == "cuda" else "default"
+        mode = None if mode == "default" else mode
         # static shapes: the last, smaller validation batch gets its own graph
         return torch.compile(model, backend=train["compile_backend"], mode=mode, dynamic=False)
 
@@ -530,6 +535,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=self.info.device)
         for micro in range(accum):
+            # compile_mode=reduce-overhead: the previous step's graph outputs are no longer read
+            torch.compiler.cudagraph_mark_step_begin()
             images, target = next(batches)
             if self.mixup is not None:
                 images, target = self.mixup(images, target)

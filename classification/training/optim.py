@@ -24,9 +24,26 @@ def no_decay_patterns(model: torch.nn.Module, keywords: list[str]) -> list[str]:
     return sorted(patterns)
 
 
+_FUSABLE = ("adam", "adamw")
+
+
+def _fused(optim: Mapping[str, Any], device: torch.device) -> bool:
+    """``optim.fused``: torch's fused Adam/AdamW (one kernel per step); auto = on CUDA."""
+    wanted, name = optim.get("fused", "auto"), optim["opt"].lower()
+    if wanted == "auto":
+        return device.type == "cuda" and name in _FUSABLE
+    if wanted and name not in _FUSABLE:
+        raise ValueError(
+            f"optim.fused=true needs optim.opt in {_FUSABLE}, got {optim['opt']!r} "
+            f"(set optim.fused=auto or false)"
+        )
+    return bool(wanted)
+
+
 def build_optimizer(model: torch.nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
     """timm's create_optimizer_v2 over explicit decay / no-decay parameter groups."""
     optim = cfg["optim"]
+    device = next(model.parameters()).device
     groups = param_groups_weight_decay(
         model,
         weight_decay=optim["weight_decay"],
@@ -37,6 +54,8 @@ def build_optimizer(model: torch.nn.Module, cfg: Mapping[str, Any]) -> torch.opt
         kwargs["momentum"] = optim["momentum"]
     else:
         kwargs["betas"] = tuple(optim["betas"])
+    if _fused(optim, device):
+        kwargs["fused"] = True
     return create_optimizer_v2(
         groups,
         opt=optim["opt"],
