@@ -200,6 +200,27 @@ def test_fused_optimizer_switch() -> None:
         validate_config(apply_overrides(copy.deepcopy(cfg), ["optim.fused=maybe"]))
 
 
+def test_data_workers_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    """data.workers: auto gives a CUDA process its share of the cores less two, a CPU process a
+    quarter of its share; explicit counts pass through; anything else is refused."""
+    from classification.training import data as data_mod
+
+    monkeypatch.setattr(data_mod, "_usable_cores", lambda: 16)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert data_mod.resolve_workers("auto", "cuda", 1) == 14
+    assert data_mod.resolve_workers("auto", "cuda", 8) == 1  # 2 cores each: at least one
+    assert data_mod.resolve_workers("auto", "cpu", 1) == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # 2 processes on this node of a larger job
+    assert data_mod.resolve_workers("auto", "cuda", 16) == 6
+    assert data_mod.resolve_workers(0, "cuda", 1) == 0
+    cfg = load_config(CONFIG_DIR / "nat_tiny.yaml")
+    assert cfg["data"]["workers"] == "auto"
+    for bad in ("-1", "many", "true", "2.5"):
+        with pytest.raises(ConfigError, match=r"data\.workers"):
+            validate_config(apply_overrides(copy.deepcopy(cfg), [f"data.workers={bad}"]))
+    validate_config(apply_overrides(copy.deepcopy(cfg), ["data.workers=3"]))
+
+
 # --------------------------------------------------------------------------- config system
 
 

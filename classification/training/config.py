@@ -50,7 +50,7 @@ DEFAULTS: dict[str, Any] = {
         "std": list(IMAGENET_STD),
         "batch_size": 128,  # per process (GPU)
         "val_batch_size": None,  # None: 2 x batch_size
-        "workers": 8,
+        "workers": "auto",  # data loader processes per training process; auto: see resolve_workers
         "pin_memory": True,
         "synthetic_train_size": 12800,  # samples per epoch with --data synthetic
         "synthetic_val_size": 1024,
@@ -147,6 +147,7 @@ _NULLABLE_TYPES: dict[tuple[str, ...], tuple[type, ...]] = {
     ("run", "dir"): (str,),
 }
 _BOOL_OR_AUTO = {("train", "compile"), ("optim", "fused")}
+_INT_OR_AUTO = {("data", "workers")}
 _CHOICES: dict[tuple[str, ...], tuple[str, ...]] = {
     ("train", "amp"): ("bf16", "fp16", "none"),
     ("train", "device"): ("auto", "cpu", "cuda"),
@@ -173,7 +174,6 @@ _RANGES: dict[tuple[str, ...], tuple[float | None, float | None, bool]] = {
     ("data", "crop_pct"): (0.0, 1.0, False),
     ("data", "batch_size"): (1, None, True),
     ("data", "val_batch_size"): (1, None, True),
-    ("data", "workers"): (0, None, True),
     ("data", "synthetic_train_size"): (1, None, True),
     ("data", "synthetic_val_size"): (1, None, True),
     ("aug", "hflip"): (0.0, 1.0, True),
@@ -328,6 +328,12 @@ def _check_value(path: tuple[str, ...], value: Any, default: Any) -> None:
     elif path in _BOOL_OR_AUTO:
         if not (isinstance(value, bool) or value == "auto"):
             raise ConfigError(f"config key '{name}' must be true, false or auto, got {value!r}")
+        return
+    elif path in _INT_OR_AUTO:
+        if value == "auto":
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"config key '{name}' must be an int >= 0 or auto, got {value!r}")
         return
     elif isinstance(default, bool):
         types = (bool,)

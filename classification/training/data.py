@@ -9,6 +9,7 @@ evaluation with skipping on, leaves the image out and lists it in the loader's `
 from __future__ import annotations
 
 import math
+import os
 import random
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ __all__ = [
     "eval_transform",
     "find_split",
     "image_folder",
+    "resolve_workers",
 ]
 
 SYNTHETIC = "synthetic"
@@ -316,7 +318,26 @@ def _seed_worker(worker_id: int) -> None:  # samples reseed themselves; this cov
     np.random.seed(seed)
 
 
-def build_loaders(cfg: Mapping[str, Any], world_size: int = 1, rank: int = 0) -> Loaders:
+def _usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def resolve_workers(workers: int | str, device_type: str, world_size: int = 1) -> int:
+    """``data.workers``: an int, or auto. Auto on CUDA gives each process its share of the node's
+    cores less two (its main thread and the pin-memory thread): decoding and augmenting one
+    ImageNet JPEG takes about 3 ms of a core, so an H200 training NAT-Tiny at ~3,200 images/s
+    needs about 11 workers (docs/benchmarks.md). On the CPU, where the workers compete with the
+    model for the same cores, auto is a quarter of the process's share."""
+    if workers != "auto":
+        return int(workers)
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    share = max(1, _usable_cores() // max(1, per_node))
+    return max(1, share - 2) if device_type == "cuda" else max(1, share // 4)
+
+
+def build_loaders(
+    cfg: Mapping[str, Any], world_size: int = 1, rank: int = 0, workers: int | None = None
+) -> Loaders:
     """Train/val loaders for `cfg['data']['path']` (an ImageNet-style folder or "synthetic")."""
     data = cfg["data"]
     path = data["path"]
@@ -364,7 +385,9 @@ def build_loaders(cfg: Mapping[str, Any], world_size: int = 1, rank: int = 0) ->
             f"data.batch_size={batch_size} x optim.accum_steps={accum} exceeds the "
             f"{sampler.num_samples} training samples per process: nothing to train on"
         )
-    workers = data["workers"]
+    if workers is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        workers = resolve_workers(data["workers"], device, world_size)
     common = dict(
         num_workers=workers,
         pin_memory=data["pin_memory"] and torch.cuda.is_available(),

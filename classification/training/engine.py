@@ -35,7 +35,7 @@ from .checkpoint import (
     restore_rng_state,
 )
 from .config import config_to_yaml
-from .data import build_loaders, build_mixup
+from .data import build_loaders, build_mixup, resolve_workers
 from .distributed import (
     DistInfo,
     all_reduce_sum,
@@ -281,7 +281,8 @@ class Trainer:
         train = cfg["train"]
         if ckpt is None and resume_path is not None:
             ckpt = load_training_checkpoint(resume_path)
-        self.loaders = build_loaders(cfg, info.world_size, info.rank)
+        workers = resolve_workers(cfg["data"]["workers"], info.device.type, info.world_size)
+        self.loaders = build_loaders(cfg, info.world_size, info.rank, workers)
         self.spe = self.loaders.steps_per_epoch
         random_seed(train["seed"], 0)  # identical initial weights on every rank and world size
         raw = build_model(cfg, self.loaders.num_classes).to(info.device)
@@ -766,7 +767,8 @@ def train(cfg: dict[str, Any], config_name: str, resume: str | None = None) -> d
         elif "OMP_NUM_THREADS" not in os.environ:
             # leave a core per data worker: oversubscribed CPUs slow small ops down many times
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-            torch.set_num_threads(max(1, cores // info.world_size - cfg["data"]["workers"]))
+            workers = resolve_workers(cfg["data"]["workers"], "cpu", info.world_size)
+            torch.set_num_threads(max(1, cores // info.world_size - workers))
         trainer = Trainer(cfg, info, run_dir, resume_path, ckpt)
         del ckpt  # the optimizer state copy is no longer needed
         _on_main(info, trainer.prepare_run_dir)
