@@ -335,10 +335,9 @@ def resolve_workers(workers: int | str, device_type: str, world_size: int = 1) -
     return max(1, share - 2) if device_type == "cuda" else max(1, share // 4)
 
 
-def build_loaders(
-    cfg: Mapping[str, Any], world_size: int = 1, rank: int = 0, workers: int | None = None
-) -> Loaders:
-    """Train/val loaders for `cfg['data']['path']` (an ImageNet-style folder or "synthetic")."""
+def build_loaders(cfg: Mapping[str, Any], world_size: int, rank: int, workers: int) -> Loaders:
+    """Train/val loaders for `cfg['data']['path']` (an ImageNet-style folder or "synthetic"),
+    with ``workers`` loader processes each (:func:`resolve_workers` of ``data.workers``)."""
     data = cfg["data"]
     path = data["path"]
     if path is None:
@@ -385,9 +384,6 @@ def build_loaders(
             f"data.batch_size={batch_size} x optim.accum_steps={accum} exceeds the "
             f"{sampler.num_samples} training samples per process: nothing to train on"
         )
-    if workers is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        workers = resolve_workers(data["workers"], device, world_size)
     common = dict(
         num_workers=workers,
         pin_memory=data["pin_memory"] and torch.cuda.is_available(),
