@@ -236,6 +236,55 @@ def test_kernels_under_triton_interpreter():
     run_under_interpreter(__file__)
 
 
+def _load_tune_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tune_na", ROOT / "scripts" / "tune_na.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# (override key, launch-plan kernel, launch option or constexpr it must reach)
+_TUNE_TARGETS = {
+    "tiles_fwd": ("fwd", ("T0", "T1", "T2")), "block_n_fwd": ("fwd", "BLOCK_N"),
+    "warps_fwd": ("fwd", "num_warps"), "stages_fwd": ("fwd", "num_stages"),
+    "tiles_dq": ("dq", ("T0", "T1", "T2")), "block_n": ("dq", "BLOCK_N"),
+    "warps_dq": ("dq", "num_warps"), "stages_dq": ("dq", "num_stages"),
+    "tiles_dkdv": ("dkdv", ("T0", "T1", "T2")), "block_m": ("dkdv", "BLOCK_M"),
+    "warps_dkdv": ("dkdv", "num_warps"), "stages_dkdv": ("dkdv", "num_stages"),
+}  # fmt: skip
+
+
+def test_tuning_script_overrides_reach_the_launches(monkeypatch):
+    """Every variant scripts/tune_na.py times changes the launch it claims to (no dead keys)."""
+    from natten_ext.backends import triton_fused
+
+    tune_na = _load_tune_script()
+    found = tune_na.variants()
+    assert [v[0] for v in found[:2]] == ["defaults", "defaults"]
+    assert {v[0] for v in found[2:]} == {"fwd", "dq", "dkdv"}
+    for side, _, dil in tune_na.CASES.values():
+        sp, d = (1, side, side), (1, dil, dil)
+        for kernel, _, tune in found[2:]:
+            monkeypatch.setattr(triton_fused, "_TUNE", dict(tune))
+            key = tuple(sorted(tune.items()))
+            args = (2, (1, 7, 7), d, (False,) * 3, sp, 32, True, torch.bfloat16, False, key)
+            plan = triton_fused._launch_plan(*args)
+            for key, value in tune.items():
+                target, field = _TUNE_TARGETS[key]
+                assert target == kernel, (key, kernel)
+                got = plan[target]
+                got = tuple(got[f] for f in field) if isinstance(field, tuple) else got[field]
+                assert got == value, (key, value, got)
+
+
+def test_tuning_script_rejects_unknown_cases(capsys):
+    with pytest.raises(SystemExit):
+        _load_tune_script().main(["--cases", "nat56,nat99"])
+    assert "nat99" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------------------
 # GPU: random sweeps, every dtype, against the oracle.
 # ---------------------------------------------------------------------------------------------
@@ -270,9 +319,13 @@ GPU_EDGE_CASES = [
          is_causal=(False, False, False), rpb=True, batch=1, heads=2, head_dim=64),
     dict(spatial=(7, 7), kernel_size=(7, 7), dilation=(1, 1), is_causal=(False, False), rpb=True,
          batch=3, heads=4, head_dim=32),
-    # 2-D head_dim 32 with both group lengths >= 28: the 4x8-tile, 1-warp dK/dV config
+    # 2-D head_dim 32 (triton_fused._config): large and small maps, undilated and dilated
     dict(spatial=(30, 29), kernel_size=(7, 7), dilation=(1, 1), is_causal=(False, False),
          rpb=True, batch=1, heads=2, head_dim=32),
+    dict(spatial=(14, 14), kernel_size=(7, 7), dilation=(1, 1), is_causal=(False, False),
+         rpb=True, batch=2, heads=3, head_dim=32),
+    dict(spatial=(14, 15), kernel_size=(7, 5), dilation=(2, 2), is_causal=(False, False),
+         rpb=True, batch=2, heads=3, head_dim=32, noncontiguous=True),
 ]  # fmt: skip
 
 
@@ -306,6 +359,8 @@ def test_deterministic_drpb_gpu(case, monkeypatch):
 TUNINGS = [
     {"bias_dot_fwd": True},
     {"block_m": 32, "block_n": 32, "stages_dkdv": 2},
+    # the dK/dV config before run E: 8x8 key tiles, 64 queries a step, 4 warps
+    {"tiles_dkdv": (1, 8, 8), "block_m": 64, "warps_dkdv": 4, "stages_dkdv": 1},
     {"block_n_fwd": 64, "warps_fwd": 8, "warps_dq": 8, "warps_dkdv": 8},
 ]
 

@@ -118,22 +118,21 @@ def _config(ndim: int, head_dim: int, sp=None, dil=None) -> dict:
         "warps_fwd": 4 if block_d <= 64 else 8,
         "warps_dq": 4 if block_d <= 64 else 8,
         "warps_dkdv": 4 if block_d <= 64 else 8,
-        "stages": 2,
+        "stages": 2,  # software-pipelining stages of the key loops (forward, dQ)
         "stages_dkdv": 1,
         "bias_dot_fwd": False,  # the plain rpb gather measured faster in the forward
     }
     if ndim == 2 and block_d <= 32:
-        # NAT/DiNAT's head_dim 32 (run C in docs/benchmarks.md, H200, bf16): smaller tiles
+        # NAT/DiNAT's head_dim 32 (runs C and E in docs/benchmarks.md, H200, bf16): smaller tiles
         # evaluate fewer (query, key) pairs (8x2 queries: a 14x8 key box for 16; 4x8: 10x16
         # for 32), and 1-2 warps per program keep more programs resident per SM.
         cfg.update(tiles_fwd=(1, 8, 2), block_n_fwd=16, warps_fwd=1)
         cfg.update(tiles_dq=(1, 4, 8), block_n=64, warps_dq=2, stages_dq=3)
-        if sp is not None and dil is not None:
-            lgs = (_cdiv(sp[1], dil[1]), _cdiv(sp[2], dil[2]))
-            if min(lgs) >= 28:  # 4x8 key tiles, 1 warp (measured at 28 and 56; not at 14)
-                cfg.update(tiles_dkdv=(1, 4, 8), block_m=64, warps_dkdv=1)
-            elif max(lgs) <= 8:  # one 8x8 key tile per group (DiNAT's 7x7 groups)
-                cfg.update(block_m=32)
+        # dK/dV: 8x4 key tiles, one warp, two stages were the fastest or within 1% at every
+        # NAT-Tiny and DiNAT-Tiny level (run E)
+        cfg.update(tiles_dkdv=(1, 8, 4), block_m=32, warps_dkdv=1, stages_dkdv=2)
+        if dil is not None and all(d == 1 for d in dil):
+            cfg["stages_fwd"] = 3  # 3 stages: 1-5% faster undilated, slower dilated (run E)
     cfg.update(_TUNE)
     for name in ("tiles_fwd", "tiles_dq", "tiles_dkdv"):  # per-kernel tiles (default: tiles)
         cfg.setdefault(name, cfg["tiles"])
@@ -218,7 +217,7 @@ def _launch_plan(ndim, ks, dil, causal, sp, head_dim, has_rpb, dtype, det, tune)
         fp.update(rp2=tf_[2] + ks[2] - 1, dot=False)
     fwd = dict(with_tiles(tf_), BLOCK_N=fwd_cfg["block_n"], RP2=fp["rp2"], BIAS_DOT=fp["dot"],
                BU=fp["bu"], BIAS_PREC=bias_prec, num_warps=cfg["warps_fwd"],
-               num_stages=cfg["stages"])  # fmt: skip
+               num_stages=cfg.get("stages_fwd", cfg["stages"]))  # fmt: skip
 
     plan = _bias_plan(ndim, ks, dil, causal, sp, cfg, has_rpb, tq)
     mode, block_bias, bw = 0, 16, 16
