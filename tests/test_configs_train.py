@@ -200,12 +200,26 @@ def test_fused_optimizer_switch() -> None:
         validate_config(apply_overrides(copy.deepcopy(cfg), ["optim.fused=maybe"]))
 
 
+def test_usable_cores_affinity_and_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process's CPU affinity where the OS reports it, else the machine's core count (the
+    CPU trainer's thread count and data.workers: auto both use it)."""
+    from classification.training import data as data_mod
+
+    monkeypatch.setattr(data_mod.os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    assert data_mod.usable_cores() == 3
+    monkeypatch.delattr(data_mod.os, "sched_getaffinity")
+    monkeypatch.setattr(data_mod.os, "cpu_count", lambda: 12)
+    assert data_mod.usable_cores() == 12
+    monkeypatch.setattr(data_mod.os, "cpu_count", lambda: None)
+    assert data_mod.usable_cores() == 1
+
+
 def test_data_workers_auto(monkeypatch: pytest.MonkeyPatch) -> None:
     """data.workers: auto gives a CUDA process its share of the cores less two, a CPU process a
     quarter of its share; explicit counts pass through; anything else is refused."""
     from classification.training import data as data_mod
 
-    monkeypatch.setattr(data_mod, "_usable_cores", lambda: 16)
+    monkeypatch.setattr(data_mod, "usable_cores", lambda: 16)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert data_mod.resolve_workers("auto", "cuda", 1) == 14
     assert data_mod.resolve_workers("auto", "cuda", 8) == 1  # 2 cores each: at least one

@@ -318,8 +318,12 @@ def _seed_worker(worker_id: int) -> None:  # samples reseed themselves; this cov
     np.random.seed(seed)
 
 
-def _usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity where the OS reports one (Linux), else
+    every core of the machine."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def resolve_workers(workers: int | str, device_type: str, world_size: int = 1) -> int:
@@ -331,7 +335,7 @@ def resolve_workers(workers: int | str, device_type: str, world_size: int = 1) -
     if workers != "auto":
         return int(workers)
     per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
-    share = max(1, _usable_cores() // max(1, per_node))
+    share = max(1, usable_cores() // max(1, per_node))
     return max(1, share - 2) if device_type == "cuda" else max(1, share // 4)
 
 

@@ -35,7 +35,7 @@ from .checkpoint import (
     restore_rng_state,
 )
 from .config import config_to_yaml
-from .data import build_loaders, build_mixup, resolve_workers
+from .data import build_loaders, build_mixup, resolve_workers, usable_cores
 from .distributed import (
     DistInfo,
     all_reduce_sum,
@@ -766,9 +766,8 @@ def train(cfg: dict[str, Any], config_name: str, resume: str | None = None) -> d
             torch.backends.cudnn.benchmark = True
         elif "OMP_NUM_THREADS" not in os.environ:
             # leave a core per data worker: oversubscribed CPUs slow small ops down many times
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
             workers = resolve_workers(cfg["data"]["workers"], "cpu", info.world_size)
-            torch.set_num_threads(max(1, cores // info.world_size - workers))
+            torch.set_num_threads(max(1, usable_cores() // info.world_size - workers))
         trainer = Trainer(cfg, info, run_dir, resume_path, ckpt)
         del ckpt  # the optimizer state copy is no longer needed
         _on_main(info, trainer.prepare_run_dir)
