@@ -4,7 +4,6 @@ rpb resizing, head dropping, file formats and the command-line converter."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import re
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from scripts_loader import load_script
 from test_models import SPEC, meta_model
 
 from classification.checkpoint import (
@@ -23,8 +23,6 @@ from classification.checkpoint import (
     resize_rpb,
     save_state_dict,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def original_schema(
@@ -123,13 +121,6 @@ def assert_same_state(model: torch.nn.Module, sd: dict[str, torch.Tensor]) -> No
     assert set(got) == set(sd)
     for k, v in sd.items():
         assert torch.equal(got[k], v), k
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # ------------------------------------------------------------------------------------- schema

@@ -5,7 +5,6 @@ scripts/plot_run.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import socket
@@ -17,7 +16,8 @@ from pathlib import Path
 import pytest
 import test_train
 import torch
-from test_train import ROOT, _train
+from scripts_loader import load_script
+from test_train import _train
 
 from classification import train as train_cli
 from classification import validate as validate_cli
@@ -342,18 +342,11 @@ def test_training_without_wandb_installed(
 
 
 # ----------------------------------------------------------------------------------- plot_run
-def _plot_module():
-    spec = importlib.util.spec_from_file_location("plot_run", ROOT / "scripts/plot_run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_plot_run_writes_a_png(ema_run: Path, plain_run: Path, tmp_path: Path, capsys) -> None:
     pytest.importorskip("matplotlib")
     from PIL import Image
 
-    plot_run = _plot_module()
+    plot_run = load_script("plot_run")
     out = tmp_path / "plots" / "curves.png"
     assert plot_run.main([str(ema_run), str(plain_run), "--out", str(out)]) == 0
     assert str(out) in capsys.readouterr().out

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from interpreter import run_under_interpreter
+from scripts_loader import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -236,15 +237,6 @@ def test_kernels_under_triton_interpreter():
     run_under_interpreter(__file__)
 
 
-def _load_tune_script():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("tune_na", ROOT / "scripts" / "tune_na.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 # (override key, launch-plan kernel, launch option or constexpr it must reach)
 _TUNE_TARGETS = {
     "tiles_fwd": ("fwd", ("T0", "T1", "T2")), "block_n_fwd": ("fwd", "BLOCK_N"),
@@ -260,7 +252,7 @@ def test_tuning_script_overrides_reach_the_launches(monkeypatch):
     """Every variant scripts/tune_na.py times changes the launch it claims to (no dead keys)."""
     from natten_ext.backends import triton_fused
 
-    tune_na = _load_tune_script()
+    tune_na = load_script("tune_na")
     found = tune_na.variants()
     assert [v[0] for v in found[:2]] == ["defaults", "defaults"]
     assert {v[0] for v in found[2:]} == {"fwd", "dq", "dkdv"}
@@ -268,8 +260,8 @@ def test_tuning_script_overrides_reach_the_launches(monkeypatch):
         sp, d = (1, side, side), (1, dil, dil)
         for kernel, _, tune in found[2:]:
             monkeypatch.setattr(triton_fused, "_TUNE", dict(tune))
-            key = tuple(sorted(tune.items()))
-            args = (2, (1, 7, 7), d, (False,) * 3, sp, 32, True, torch.bfloat16, False, key)
+            tune_key = tuple(sorted(tune.items()))
+            args = (2, (1, 7, 7), d, (False,) * 3, sp, 32, True, torch.bfloat16, False, tune_key)
             plan = triton_fused._launch_plan(*args)
             for key, value in tune.items():
                 target, field = _TUNE_TARGETS[key]
@@ -281,7 +273,7 @@ def test_tuning_script_overrides_reach_the_launches(monkeypatch):
 
 def test_tuning_script_rejects_unknown_cases(capsys):
     with pytest.raises(SystemExit):
-        _load_tune_script().main(["--cases", "nat56,nat99"])
+        load_script("tune_na").main(["--cases", "nat56,nat99"])
     assert "nat99" in capsys.readouterr().err
 
 
