@@ -29,6 +29,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_na import graphed  # CUDA-graph capture after a side-stream warm-up
 
 from natten_ext.backends import triton_fused
 
@@ -74,24 +77,14 @@ def make_call(pass_: str, tune: dict, side: int, heads: int, dil: int, device: s
 
 def graph_ms(fn, inner: int, outer: int) -> float:
     """Median GPU milliseconds of one call, replayed from a CUDA graph of ``inner`` calls."""
-    fn()
-    torch.cuda.synchronize()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(inner):
-            fn()
-    graph.replay()
+    replay = graphed(lambda: [fn() for _ in range(inner)])
+    replay()
     torch.cuda.synchronize()
     times = []
     for _ in range(outer):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        graph.replay()
+        replay()
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) / inner)
