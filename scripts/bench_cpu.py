@@ -2,14 +2,20 @@
 demo model's training speed, per neighborhood-attention backend, all in one process.
 
 Inference: 224 px, float32, ``torch.inference_mode``, batch 1 and 8; the median of ``--reps``
-timed calls after a warm-up. Training: the demo configuration's model (configs/classification/
-demo.yaml: a slimmed nat_mini at 32 px) for ``--train-steps`` AdamW steps on random tensors,
-images/s. NAT/DiNAT rows run once per backend given in ``--backends`` (default: the automatic
-choice, which is ``tiled`` on CPU, and ``reference``, the previous CPU path).
+timed calls after a warm-up, the cases interleaved (one call of each per round, so that a slow
+spell of the machine hits every case alike). Training: the demo configuration's model
+(configs/classification/demo.yaml: a slimmed nat_mini at 32 px) for ``--train-steps`` AdamW steps
+on random tensors, images/s. NAT/DiNAT rows run once per backend given in ``--backends``
+(default: the automatic choice, which is ``cpu``, the C kernel, where a C compiler is found, and
+``tiled``, the plain-PyTorch path before it).
+
+``--ops`` times the operator alone instead: inference and forward+backward of one call at each
+of NAT-Tiny's and DiNAT-Tiny's level shapes (head_dim 32, kernel 7, RPB, q/k/v as views of one
+qkv tensor), per backend, interleaved, minimum of ``--reps`` calls.
 
 Usage: python scripts/bench_cpu.py [--models nat_tiny,dinat_tiny,swin_tiny_patch4_window7_224,
-    convnext_tiny] [--batches 1,8] [--reps 5] [--threads N] [--backends auto,reference]
-    [--train-steps 30] [--json out.json]
+    convnext_tiny] [--batches 1,8] [--reps 5] [--threads N] [--backends auto,tiled,reference]
+    [--train-steps 30] [--ops] [--json out.json]
 """
 
 from __future__ import annotations
@@ -40,17 +46,21 @@ def backend_context(name: str):
     return contextlib.nullcontext() if name == "auto" else natten_ext.use_backend(name)
 
 
-def time_inference(model, batch: int, reps: int) -> float:
-    """Median milliseconds of one forward pass."""
+def time_inference(cases: list[tuple], batch: int, reps: int) -> list[float]:
+    """Median milliseconds of one forward pass of every ``(model, backend)`` case, interleaved."""
     x = torch.randn(batch, 3, 224, 224)
+    times: list[list[float]] = [[] for _ in cases]
     with torch.inference_mode():
-        model(x)
-        times = []
+        for model, backend in cases:
+            with backend_context(backend):
+                model(x)
         for _ in range(reps):
-            t0 = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
+            for (model, backend), out in zip(cases, times):
+                with backend_context(backend):
+                    t0 = time.perf_counter()
+                    model(x)
+                    out.append(time.perf_counter() - t0)
+    return [1000 * statistics.median(t) for t in times]
 
 
 def time_demo_training(steps: int) -> float:
@@ -79,6 +89,51 @@ def time_demo_training(steps: int) -> float:
     return steps * batch / (time.perf_counter() - t0)
 
 
+OP_CASES = {  # name: (map side, heads, dilation)
+    "56x56/2": (56, 2, 1), "28x28/4": (28, 4, 1), "14x14/8": (14, 8, 1), "7x7/16": (7, 16, 1),
+    "56x56/2 d8": (56, 2, 8), "28x28/4 d4": (28, 4, 4), "14x14/8 d2": (14, 8, 2),
+}  # fmt: skip
+
+
+def op_calls(batch: int, side: int, heads: int, dil: int):
+    """Zero-argument inference and forward+backward calls of one NA level shape."""
+    gen = torch.Generator().manual_seed(0)
+    qkv = torch.randn(batch, side, side, 3, heads, 32, generator=gen)
+    q, k, v = (t.detach().requires_grad_() for t in qkv.unbind(3))  # strided, as models pass them
+    rpb = torch.randn(heads, 13, 13, requires_grad=True)
+
+    def infer():
+        with torch.inference_mode():
+            natten_ext.na2d(q, k, v, 7, dilation=dil, rpb=rpb)
+
+    def train():
+        natten_ext.na2d(q, k, v, 7, dilation=dil, rpb=rpb).sum().backward()
+
+    return (("infer", infer), ("fwd+bwd", train))
+
+
+def time_ops(backends: list[str], batches: list[int], reps: int) -> list[dict]:
+    """Minimum milliseconds of one NA call per (level shape, batch, backend, pass), interleaved."""
+    rows = []
+    for batch in batches:
+        for name, (side, heads, dil) in OP_CASES.items():
+            calls = op_calls(batch, side, heads, dil)
+            times = {(b, p): [] for b in backends for p, _ in calls}
+            for _ in range(reps + 1):  # the first round warms up
+                for backend in backends:
+                    for pass_, fn in calls:
+                        with backend_context(backend):
+                            t0 = time.perf_counter()
+                            fn()
+                            times[backend, pass_].append(time.perf_counter() - t0)
+            for (backend, pass_), t in times.items():
+                rows.append({"case": name, "batch": batch, "backend": backend, "pass": pass_,
+                             "ms": 1000 * min(t[1:])})  # fmt: skip
+                print(f"{name:12s} batch {batch}  {backend:8s} {pass_:8s} {rows[-1]['ms']:8.2f} ms",
+                      flush=True)  # fmt: skip
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--models", default="nat_tiny,dinat_tiny,swin_tiny_patch4_window7_224,"
@@ -86,8 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", default="1,8")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--backends", default="auto,reference")
+    p.add_argument("--backends", default="auto,tiled")
     p.add_argument("--train-steps", type=int, default=30, help="0 skips the training rows")
+    p.add_argument("--ops", action="store_true", help="time the operator alone (see above)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     if args.reps < 1:
@@ -102,15 +158,24 @@ def main(argv: list[str] | None = None) -> int:
     batches = [int(b) for b in args.batches.split(",")]
     print(f"# CPU, {torch.get_num_threads()} threads | torch {torch.__version__} | "
           f"timm {timm.__version__}", flush=True)  # fmt: skip
-    rows = []
+    if args.ops:
+        ops = time_ops(backends, batches, args.reps)
+        if args.json:
+            args.json.write_text(json.dumps({"ops": ops}, indent=1))
+        return 0
+    cases, labels = [], []
     for name in args.models.split(","):
         model = timm.create_model(name).eval()
         for backend in backends if name.startswith(ZOO_PREFIXES) else ["-"]:
-            with backend_context("auto" if backend == "-" else backend):
-                ms = [time_inference(model, b, args.reps) for b in batches]
-            rows.append({"model": name, "backend": backend, "ms": dict(zip(batches, ms))})
-            print(f"{name:30s} {backend:10s} " + "  ".join(
-                f"batch {b}: {t:8.1f} ms" for b, t in zip(batches, ms)), flush=True)  # fmt: skip
+            cases.append((model, "auto" if backend == "-" else backend))
+            labels.append((name, backend))
+    per_batch = [time_inference(cases, b, args.reps) for b in batches]
+    rows = []
+    for c, (name, backend) in enumerate(labels):
+        ms = [per_batch[i][c] for i in range(len(batches))]
+        rows.append({"model": name, "backend": backend, "ms": dict(zip(batches, ms))})
+        print(f"{name:30s} {backend:10s} " + "  ".join(
+            f"batch {b}: {t:8.1f} ms" for b, t in zip(batches, ms)), flush=True)  # fmt: skip
     train = []
     if args.train_steps:
         for backend in backends:

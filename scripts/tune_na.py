@@ -8,11 +8,13 @@ one CUDA graph, replayed ``--outer`` times, median per call. Each variant change
 its difference to the defaults is that kernel's. ``--jobs N`` first JIT-compiles every variant
 in N worker processes (Triton's on-disk cache), so the timing process only loads them.
 
-Prints the defaults and the three best variants per case and kernel; ``--json PATH`` writes every
-figure. Use it on a new GPU before changing the defaults in ``triton_fused._config``.
+Prints the defaults and the three best variants per case and kernel (marking those whose rpb
+gradient needs atomic adds, which the default training avoids: it is deterministic); ``--json
+PATH`` writes every figure. Use it on a new GPU before changing the defaults in
+``triton_fused._config``.
 
-Usage: python scripts/tune_na.py [--cases nat56,nat14,...] [--jobs 15] [--json out.json]
-    [--budget-s 600]
+Usage: python scripts/tune_na.py [--cases nat56,nat14,...] [--kernels fwd,dq,dkdv] [--jobs 15]
+    [--json out.json] [--budget-s 600]
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ CASES = {  # name: (map side, heads, dilation)
     "din56d8": (56, 2, 8), "din28d4": (28, 4, 4), "din14d2": (14, 8, 2),
 }  # fmt: skip
 BATCH, HEAD_DIM, KERNEL = 128, 32, 7
+KERNELS = ("fwd", "dq", "dkdv")
 
 
 def variants() -> list[tuple[str, str, dict]]:
@@ -49,7 +52,7 @@ def variants() -> list[tuple[str, str, dict]]:
                             [2, 3])  # fmt: skip
     out += [("fwd", "fwd", dict(tiles_fwd=t, block_n_fwd=n, warps_fwd=w, stages_fwd=s))
             for t, n, w, s in fwd]  # fmt: skip
-    dq = itertools.product([(1, 4, 8), (1, 8, 8), (1, 2, 8), (1, 4, 4)], [32, 64], [1, 2, 4],
+    dq = itertools.product([(1, 4, 8), (1, 8, 8), (1, 2, 8), (1, 4, 4)], [32, 64, 128], [1, 2, 4],
                            [2, 3])  # fmt: skip
     out += [("dq", "bwd", dict(tiles_dq=t, block_n=n, warps_dq=w, stages_dq=s))
             for t, n, w, s in dq]  # fmt: skip
@@ -91,14 +94,30 @@ def graph_ms(fn, inner: int, outer: int) -> float:
     return statistics.median(times)
 
 
-def jobs(cases: list[str]) -> list[tuple[str, int, str, str, dict]]:
+def jobs(cases: list[str], kernels: tuple[str, ...] = KERNELS) -> list[tuple]:
+    """(case, variant index, kernel, pass, overrides) of the variants of ``kernels``."""
     return [(c, i, kern, pass_, tune) for c in cases for i, (kern, pass_, tune) in
-            enumerate(variants())]  # fmt: skip
+            enumerate(variants()) if kern == "defaults" or kern in kernels]  # fmt: skip
 
 
-def compile_share(cases: list[str], part: int, parts: int, device: str, batch: int) -> None:
+def deterministic(tune: dict, side: int, dil: int) -> bool:
+    """Whether the backward under ``tune`` sums the rpb gradient without atomics (the one-hot
+    path, DRPB_MODE 3): variants that need atomics cost the default training its determinism."""
+    triton_fused._TUNE.clear()
+    triton_fused._TUNE.update(tune)
+    try:
+        plan = triton_fused._launch_plan(
+            2, (1, KERNEL, KERNEL), (1, dil, dil), (False,) * 3, (1, side, side), HEAD_DIM, True,
+            torch.bfloat16, False, tuple(sorted(tune.items())),
+        )  # fmt: skip
+    finally:
+        triton_fused._TUNE.clear()
+    return plan["mode"] != 1
+
+
+def compile_share(cases, kernels, part: int, parts: int, device: str, batch: int) -> None:
     """Run (hence JIT-compile) every ``parts``-th variant, starting at ``part``."""
-    for j, (case, _, _, pass_, tune) in enumerate(jobs(cases)):
+    for j, (case, _, _, pass_, tune) in enumerate(jobs(cases, kernels)):
         if j % parts == part:
             try:
                 make_call(pass_, tune, *CASES[case], device, batch)()
@@ -116,13 +135,18 @@ def summary(results: list[dict], cases: list[str]) -> str:
                          f"bwd {base.get('bwd', 0):.4f} ms")  # fmt: skip
         for kern in ("fwd", "dq", "dkdv"):
             best = sorted((r for r in rows if r["kernel"] == kern), key=lambda r: r["ms"])[:3]
-            lines += [f"  {kern:5s} {r['ms']:.4f} {r['tune']}" for r in best]
+            lines += [
+                f"  {kern:5s} {r['ms']:.4f} {r['tune']}"
+                + ("" if r["deterministic"] else " (atomic drpb)")
+                for r in best
+            ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--cases", default=",".join(CASES))
+    p.add_argument("--kernels", default=",".join(KERNELS), help="whose variants to time")
     p.add_argument("--jobs", type=int, default=0, help="compile first in this many processes")
     p.add_argument("--inner", type=int, default=10, help="calls per CUDA graph")
     p.add_argument("--outer", type=int, default=7, help="timed replays (median)")
@@ -135,22 +159,26 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         p.error(f"--cases: unknown {unknown}; choose from {', '.join(CASES)}")
+    kernels = tuple(k for k in args.kernels.split(",") if k)
+    if not kernels or any(k not in KERNELS for k in kernels):
+        p.error(f"--kernels: got {args.kernels!r}; choose from {', '.join(KERNELS)}")
     if args.batch < 1 or args.inner < 1 or args.outer < 1:
         p.error("--batch, --inner and --outer must be >= 1")
     if not torch.cuda.is_available():
         p.error("needs a CUDA device")
     if args._part:
         part, parts = map(int, args._part.split("/"))
-        compile_share(cases, part, parts, "cuda", args.batch)
+        compile_share(cases, kernels, part, parts, "cuda", args.batch)
         return 0
     if args.jobs > 0:
-        base = [sys.executable, __file__, "--cases", args.cases, "--batch", str(args.batch)]
+        base = [sys.executable, __file__, "--cases", args.cases, "--kernels", args.kernels,
+                "--batch", str(args.batch)]  # fmt: skip
         procs = [subprocess.Popen([*base, "--_part", f"{i}/{args.jobs}"]) for i in range(args.jobs)]
         for proc in procs:
             proc.wait()
     deadline = time.time() + args.budget_s if args.budget_s > 0 else float("inf")
     results = []
-    for case, index, kern, pass_, tune in jobs(cases):
+    for case, index, kern, pass_, tune in jobs(cases, kernels):
         if time.time() > deadline:
             print("--budget-s reached: the remaining variants were not timed", flush=True)
             break
@@ -160,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # record and go on
             ms = None
             print(f"failed: {case} {tune}: {type(exc).__name__}: {str(exc)[:160]}", flush=True)
+        side, _, dil = CASES[case]
         results.append({"case": case, "index": index, "kernel": kern, "pass": pass_,
+                        "deterministic": deterministic(tune, side, dil),
                         "tune": {k: list(v) if isinstance(v, tuple) else v
                                  for k, v in tune.items()}, "ms": ms})  # fmt: skip
     triton_fused._TUNE.clear()

@@ -19,7 +19,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import natten_ext  # noqa: E402
-from natten_ext.backends import reference  # noqa: E402
+from natten_ext.backends import cpu, reference  # noqa: E402
 from natten_ext.utils.windows import window_table  # noqa: E402
 
 CASES = [
@@ -61,10 +61,14 @@ def poisoned_outputs(backend, spatial, ks, dil, causal, token, use_rpb, which, d
 
 @pytest.mark.parametrize("which", ["key", "value"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[0])))
-@pytest.mark.parametrize("path", ["tiled", "reference-dense", "reference-gather"])
+@pytest.mark.parametrize("path", ["cpu", "tiled", "reference-dense", "reference-gather"])
 def test_nonfinite_stays_in_its_windows_cpu(path, case, which, monkeypatch):
     backend = path.split("-")[0]
-    if path == "reference-dense":
+    if path == "cpu":
+        if not cpu.is_available():
+            pytest.skip("no C compiler: the cpu backend is off")
+        monkeypatch.setattr(cpu, "_DENSE_WINDOWS", 0)  # the C kernel on every map
+    elif path == "reference-dense":
         monkeypatch.setattr(reference, "_DENSE_FACTOR", 10**9)
     elif path == "reference-gather":
         monkeypatch.setattr(reference, "_DENSE_FACTOR", 0)

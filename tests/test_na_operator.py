@@ -9,6 +9,7 @@ import torch
 from na_oracle import axis_neighbors, oracle_attention, oracle_weights, rel_err
 
 import natten_ext
+from natten_ext.backends import cpu as cpu_backend
 from natten_ext.backends import reference
 from natten_ext.utils.windows import axis_table
 
@@ -124,12 +125,16 @@ def _check_case(ndim, case, dtype, device, seed, heads=2, dim=8):
         assert rel_err(t.grad.cpu(), r.grad) < tol, f"d{name} {case}"
 
 
-@pytest.fixture(params=["tiled", "dense", "gather"])
+@pytest.fixture(params=["cpu", "tiled", "dense", "gather"])
 def reference_path(request, monkeypatch):
-    """Force a pure-PyTorch path: the tiled backend, or the reference backend through its dense
-    (small maps) or its gather code path."""
-    if request.param == "tiled":
-        with natten_ext.use_backend("tiled"):
+    """Force a CPU path: the C kernel (its small-map hand-off to the tiled backend off), the
+    tiled backend, or the reference backend through its dense (small maps) or gather path."""
+    if request.param == "cpu":
+        if not cpu_backend.is_available():
+            pytest.skip("no C compiler: the cpu backend is off")
+        monkeypatch.setattr(cpu_backend, "_DENSE_WINDOWS", 0)
+    if request.param in ("cpu", "tiled"):
+        with natten_ext.use_backend(request.param):
             yield request.param
         return
     monkeypatch.setattr(reference, "_DENSE_FACTOR", 10**9 if request.param == "dense" else 0)
@@ -141,6 +146,8 @@ def reference_path(request, monkeypatch):
 @pytest.mark.parametrize("ndim", [1, 2, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 def test_fused_matches_oracle_random(ndim, dtype, device, reference_path):
+    if reference_path == "cpu" and device != "cpu":
+        pytest.skip("the cpu backend serves CPU tensors only")
     rng = random.Random(1000 * ndim + hash(str(dtype)) % 997)
     max_len = {1: 24, 2: 11, 3: 6}[ndim]
     for seed in range(6 if ndim < 3 else 3):

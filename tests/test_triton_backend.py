@@ -419,3 +419,17 @@ def test_through_public_api_compile_and_graphs_gpu():
 
 if __name__ == "__main__" and "--interpret" in sys.argv:
     _interpreter_main()
+
+
+def test_tuning_script_marks_atomic_variants_and_filters_kernels(capsys):
+    tune_na = load_script("tune_na")
+    assert tune_na.deterministic({}, 14, 1)  # the shipped defaults: one-hot rpb gradient
+    small = {"tiles_dq": (1, 2, 8), "block_n": 32, "warps_dq": 1, "stages_dq": 2}
+    assert not tune_na.deterministic(small, 14, 1)  # 16-query tiles, 32 keys: atomics
+    assert tune_na.deterministic({**small, "block_n": 128}, 14, 1)  # enough key rows per block
+    only_dq = tune_na.jobs(["nat14"], ("dq",))
+    assert {j[2] for j in only_dq} == {"defaults", "dq"}
+    assert len(only_dq) == 2 + sum(v[0] == "dq" for v in tune_na.variants())
+    with pytest.raises(SystemExit):
+        tune_na.main(["--kernels", "dq,bwd"])
+    assert "--kernels" in capsys.readouterr().err

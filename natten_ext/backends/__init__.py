@@ -14,10 +14,11 @@ from types import ModuleType
 _MODULES = {
     "triton": "natten_ext.backends.triton_fused",
     "natten": "natten_ext.backends.natten_upstream",
+    "cpu": "natten_ext.backends.cpu",
     "tiled": "natten_ext.backends.tiled",
     "reference": "natten_ext.backends.reference",
 }
-AUTO_ORDER = ("triton", "tiled", "reference")
+AUTO_ORDER = ("triton", "cpu", "tiled", "reference")
 
 _loaded: dict[str, ModuleType | None] = {}
 
