@@ -76,6 +76,15 @@ def test_a_failed_build_warns_once_and_uses_the_tiled_backend(tmp_path):
     assert not cache.exists() or not any(cache.iterdir())  # nothing half-written
 
 
+@needs_kernel
+def test_an_unwritable_cache_warns_and_uses_the_tiled_backend(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    got = _lines(run_fresh(_CALL, NATTEN_EXT_CACHE=str(blocker / "cache")))
+    assert got["library"] == "False" and float(got["max_err"]) == 0.0
+    assert "building the CPU kernel" in got["warnings"]
+
+
 def test_switched_off_by_the_environment(tmp_path):
     got = _lines(run_fresh(_CALL, NATTEN_EXT_CPU_KERNEL="0", NATTEN_EXT_CACHE=str(tmp_path)))
     assert got["backend"] == "tiled"

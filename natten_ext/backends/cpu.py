@@ -135,18 +135,22 @@ def library() -> ctypes.CDLL | None:
         digest.update(part.encode())
     target = _cache_dir() / f"na_cpu-{digest.hexdigest()[:16]}.so"
     with _build_lock:
-        if not target.exists():
-            error = _compile(cc, src_dir / "na_cpu.c", target)
-            if error is not None:
-                warnings.warn(
-                    f"natten_ext: building the CPU kernel with {cc} failed, CPU calls use the "
-                    f"tiled backend instead ({ENV_DISABLE}=0 silences this):\n{error}",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-                return None
-    lib = ctypes.CDLL(str(target))
-    if lib.na_cpu_abi_version() != _ABI_VERSION:
+        try:
+            error = None if target.exists() else _compile(cc, src_dir / "na_cpu.c", target)
+            lib = None if error else ctypes.CDLL(str(target))
+        except (OSError, subprocess.SubprocessError) as exc:  # unwritable cache, noexec, timeout
+            error, lib = f"{type(exc).__name__}: {exc}", None
+    if lib is not None:
+        lib.na_cpu_abi_version.restype = ctypes.c_int64
+        if lib.na_cpu_abi_version() != _ABI_VERSION:
+            error, lib = f"{target} is not this version's library", None
+    if lib is None:
+        warnings.warn(
+            f"natten_ext: building the CPU kernel with {cc} failed, CPU calls use the tiled "
+            f"backend instead ({ENV_DISABLE}=0 silences this):\n{error}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return None
     _declare(lib)
     return lib
@@ -154,7 +158,6 @@ def library() -> ctypes.CDLL | None:
 
 def _declare(lib: ctypes.CDLL) -> None:
     p, i64, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
-    lib.na_cpu_abi_version.restype = i64
     for sfx in ("f32", "f64"):
         getattr(lib, f"na_fwd_{sfx}").argtypes = [p] * 9 + [i64] * 5 + [p, f64, i64, i64]
         getattr(lib, f"na_bwd_q_{sfx}").argtypes = [p] * 11 + [i64] * 5 + [p, f64, i64, i64]

@@ -50,6 +50,23 @@ static inline float exp_f32(float x) {
     return x != x ? x : y;
 }
 
+/* A row of an entry point's (batch, head, position) range, advanced without divisions. */
+typedef struct {
+    int64_t pos, bh, h, b;
+} na_row;
+
+static inline na_row na_row_at(int64_t r, int64_t N, int64_t H) {
+    na_row it = {r % N, r / N, (r / N) % H, (r / N) / H};
+    return it;
+}
+
+static inline void na_row_next(na_row *it, int64_t N, int64_t H) {
+    if (++it->pos < N) return;
+    it->pos = 0; /* next (batch, head) */
+    it->bh++;
+    if (++it->h == H) it->h = 0, it->b++;
+}
+
 #if NA_HAVE_AVX2
 /* exp_f32 on eight lanes (the same polynomial and special cases). */
 static inline __m256 exp8_f32(__m256 x) {

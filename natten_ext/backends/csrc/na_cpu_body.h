@@ -112,14 +112,9 @@ INLINE void FN(fwd_rows)(const REAL *q, const REAL *k, const REAL *v, const REAL
                          int64_t N, int64_t KV, int64_t D, int64_t NB, const int64_t *st,
                          REAL scale, int64_t r0, int64_t r1) {
     REAL s[KV], qs[D];
-    int64_t pos = r0 % N, bh = r0 / N, h = bh % H, b = bh / H;
-    for (int64_t r0_ = r0; r0_ < r1; r0_++, pos++) {
-        if (pos == N) { /* next (batch, head) */
-            pos = 0;
-            bh++;
-            if (++h == H) h = 0, b++;
-        }
-        const int64_t i = order[pos];
+    na_row it = na_row_at(r0, N, H);
+    for (int64_t row = r0; row < r1; row++, na_row_next(&it, N, H)) {
+        const int64_t h = it.h, b = it.b, i = order[it.pos];
         const REAL *qr = q + b * st[0] + i * st[1] + h * st[2];
         for (int64_t d = 0; d < D; d++) qs[d] = qr[d] * scale;
         const int32_t *nb = nbr + i * KV;
@@ -138,13 +133,9 @@ INLINE void FN(bwd_q_rows)(const REAL *q, const REAL *k, const REAL *v, const RE
                            REAL *P, REAL *dS, int64_t H, int64_t N, int64_t KV, int64_t D,
                            int64_t NB, const int64_t *st, REAL scale, int64_t r0, int64_t r1) {
     REAL s[KV], qs[D];
-    int64_t pos = r0 % N, bh = r0 / N, h = bh % H, b = bh / H;
-    for (int64_t r0_ = r0; r0_ < r1; r0_++, pos++) {
-        if (pos == N) { /* next (batch, head) */
-            pos = 0;
-            bh++;
-            if (++h == H) h = 0, b++;
-        }
+    na_row it = na_row_at(r0, N, H);
+    for (int64_t row = r0; row < r1; row++, na_row_next(&it, N, H)) {
+        const int64_t bh = it.bh, h = it.h, b = it.b, pos = it.pos;
         const int64_t i = order[pos], r = bh * N + i;
         const REAL *qr = q + b * st[0] + i * st[1] + h * st[2];
         const REAL *kb = k + b * st[3] + h * st[5];
@@ -176,13 +167,9 @@ INLINE void FN(bwd_kv_rows)(const REAL *q, const REAL *dout, const REAL *P, cons
                             const int64_t *st, REAL scale, int64_t r0, int64_t r1) {
     enum { CHUNK = 64 };
     REAL wk[CHUNK], wv[CHUNK], ak[D], av[D], part[D];
-    int64_t pos = r0 % N, bh = r0 / N, h = bh % H, b = bh / H;
-    for (int64_t r0_ = r0; r0_ < r1; r0_++, pos++) {
-        if (pos == N) {
-            pos = 0;
-            bh++;
-            if (++h == H) h = 0, b++;
-        }
+    na_row it = na_row_at(r0, N, H);
+    for (int64_t row = r0; row < r1; row++, na_row_next(&it, N, H)) {
+        const int64_t bh = it.bh, h = it.h, b = it.b, pos = it.pos;
         const int64_t j = order[pos];
         const REAL *qb = q + b * st[0] + h * st[2];
         const REAL *gb = dout + b * st[3] + h * st[5];
