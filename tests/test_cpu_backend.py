@@ -193,3 +193,21 @@ def test_cpu_benchmark_script_times_the_operator_alone(tmp_path):
     cases = load_script("bench_cpu").OP_CASES
     assert len(rows) == len(cases) * 2 * 2  # cases x backends x (inference, forward+backward)
     assert {r["case"] for r in rows} == set(cases) and all(r["ms"] > 0 for r in rows)
+
+
+@needs_kernel
+def test_every_output_element_is_written(monkeypatch):
+    """Outputs and work buffers start as NaN (spec: poison before a kernel runs)."""
+    q, k, v, rpb, grad, window = _case((11, 13), 2, 16, (5, 3), (2, 3), (True, False))
+    want_out, want_lse = tiled.forward(q, k, v, rpb, *window)
+    want = tiled.backward(grad, q, k, v, rpb, want_out, want_lse, *window)
+    real_empty, real_empty_like = torch.empty, torch.empty_like
+    monkeypatch.setattr(torch, "empty", lambda *a, **kw: real_empty(*a, **kw).fill_(float("nan")))
+    monkeypatch.setattr(torch, "empty_like",
+                        lambda *a, **kw: real_empty_like(*a, **kw).fill_(float("nan")))  # fmt: skip
+    out, lse = cpu.forward(q, k, v, rpb, *window)
+    got = cpu.backward(grad, q, k, v, rpb, out, lse, *window)
+    torch.testing.assert_close(out, want_out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lse, want_lse, rtol=1e-5, atol=1e-5)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
