@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import statistics
 import sys
@@ -46,20 +47,25 @@ def backend_context(name: str):
     return contextlib.nullcontext() if name == "auto" else natten_ext.use_backend(name)
 
 
+def interleaved(calls: list[tuple], reps: int) -> list[list[float]]:
+    """Seconds of ``reps`` calls of every ``(backend, fn)``, one of each per round after a
+    warm-up round, so that a slow spell of the machine hits every case alike."""
+    times: list[list[float]] = [[] for _ in calls]
+    for round_ in range(reps + 1):
+        for (backend, fn), out in zip(calls, times):
+            with backend_context(backend):
+                t0 = time.perf_counter()
+                fn()
+                if round_:
+                    out.append(time.perf_counter() - t0)
+    return times
+
+
 def time_inference(cases: list[tuple], batch: int, reps: int) -> list[float]:
     """Median milliseconds of one forward pass of every ``(model, backend)`` case, interleaved."""
     x = torch.randn(batch, 3, 224, 224)
-    times: list[list[float]] = [[] for _ in cases]
     with torch.inference_mode():
-        for model, backend in cases:
-            with backend_context(backend):
-                model(x)
-        for _ in range(reps):
-            for (model, backend), out in zip(cases, times):
-                with backend_context(backend):
-                    t0 = time.perf_counter()
-                    model(x)
-                    out.append(time.perf_counter() - t0)
+        times = interleaved([(b, functools.partial(m, x)) for m, b in cases], reps)
     return [1000 * statistics.median(t) for t in times]
 
 
@@ -117,18 +123,11 @@ def time_ops(backends: list[str], batches: list[int], reps: int) -> list[dict]:
     rows = []
     for batch in batches:
         for name, (side, heads, dil) in OP_CASES.items():
-            calls = op_calls(batch, side, heads, dil)
-            times = {(b, p): [] for b in backends for p, _ in calls}
-            for _ in range(reps + 1):  # the first round warms up
-                for backend in backends:
-                    for pass_, fn in calls:
-                        with backend_context(backend):
-                            t0 = time.perf_counter()
-                            fn()
-                            times[backend, pass_].append(time.perf_counter() - t0)
-            for (backend, pass_), t in times.items():
+            keys = [(b, p, fn) for b in backends for p, fn in op_calls(batch, side, heads, dil)]
+            times = interleaved([(b, fn) for b, _, fn in keys], reps)
+            for (backend, pass_, _), t in zip(keys, times):
                 rows.append({"case": name, "batch": batch, "backend": backend, "pass": pass_,
-                             "ms": 1000 * min(t[1:])})  # fmt: skip
+                             "ms": 1000 * min(t)})  # fmt: skip
                 print(f"{name:12s} batch {batch}  {backend:8s} {pass_:8s} {rows[-1]['ms']:8.2f} ms",
                       flush=True)  # fmt: skip
     return rows

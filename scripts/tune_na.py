@@ -133,7 +133,7 @@ def summary(results: list[dict], cases: list[str]) -> str:
         if base:
             lines.append(f"{case}: defaults fwd {base.get('fwd', 0):.4f} ms, "
                          f"bwd {base.get('bwd', 0):.4f} ms")  # fmt: skip
-        for kern in ("fwd", "dq", "dkdv"):
+        for kern in KERNELS:
             best = sorted((r for r in rows if r["kernel"] == kern), key=lambda r: r["ms"])[:3]
             lines += [
                 f"  {kern:5s} {r['ms']:.4f} {r['tune']}"

@@ -182,12 +182,12 @@ def _tables(spatial, kernel_size, dilation, is_causal) -> tuple[torch.Tensor, ..
     flat = nbr.reshape(-1)
     pairs = torch.nonzero(flat >= 0).squeeze(1)
     keys = flat[pairs]
-    order = torch.argsort(keys, stable=True)
+    by_key = torch.argsort(keys, stable=True)
     off = torch.zeros(n + 1, dtype=torch.long)
     off[1:] = torch.cumsum(torch.bincount(keys, minlength=n), 0)
     if pairs.numel() >= 2**31:
         raise ValueError("neighborhood too large for the cpu backend's int32 tables")
-    ent = pairs[order]
+    ent = pairs[by_key]
     window = key.shape[1]
     group = torch.zeros(n, dtype=torch.long)
     token = torch.arange(n)
@@ -271,9 +271,9 @@ def _heads_last_strides(t: torch.Tensor) -> tuple[int, int, int]:
 _DENSE_WINDOWS = 2
 
 
-def _delegate(query, kernel_size, dilation) -> bool:
+def _delegate(lib, query, kernel_size, dilation) -> bool:
     """The tiled backend serves the call: no library, or a small undilated map."""
-    if library() is None:
+    if lib is None:
         return True
     tokens = math.prod(query.shape[1:-2])
     return all(d == 1 for d in dilation) and tokens <= _DENSE_WINDOWS * math.prod(kernel_size)
@@ -281,7 +281,7 @@ def _delegate(query, kernel_size, dilation) -> bool:
 
 def _attend(query, key, value, rpb, kernel_size, dilation, is_causal, scale, with_lse):
     lib = library()
-    if _delegate(query, kernel_size, dilation):
+    if _delegate(lib, query, kernel_size, dilation):
         args = (query, key, value, rpb, kernel_size, dilation, is_causal, scale)
         return tiled.forward(*args) if with_lse else tiled.inference(*args)
     ct, sfx, (q, sq), (k, sk), (v, sv), table, (nbr, bins, visit, *_) = _setup(
@@ -315,7 +315,7 @@ def backward(grad_out, query, key, value, rpb, out, lse, kernel_size, dilation, 
     """Exact gradients ``(dq, dk, dv, drpb)``; recomputes the probabilities (``out`` and ``lse``
     are not needed)."""
     lib = library()
-    if _delegate(query, kernel_size, dilation):
+    if _delegate(lib, query, kernel_size, dilation):
         return tiled.backward(grad_out, query, key, value, rpb, out, lse, kernel_size, dilation,
                               is_causal, scale)  # fmt: skip
     ct, sfx, (q, sq), (k, sk), (v, sv), table, tables = _setup(

@@ -24,6 +24,15 @@ INLINE REAL FN(dot)(const REAL *restrict a, const REAL *restrict b, int64_t n) {
     return acc;
 }
 
+#if NA_VEC
+/* acc[0:nc] += w * row[0:8 nc] */
+INLINE void FN(fma_row)(__m256 *acc, REAL w, const REAL *row, int64_t nc) {
+    __m256 p = _mm256_set1_ps(w);
+    for (int64_t c = 0; c < nc; c++)
+        acc[c] = _mm256_fmadd_ps(p, _mm256_loadu_ps(row + 8 * c), acc[c]);
+}
+#endif
+
 /* out[0:n] = f * sum_t w[t] * base[idx[t] * stride + 0:n], slots with idx[t] < 0 skipped. */
 INLINE void FN(wsum)(REAL *restrict out, const REAL *restrict w, const int32_t *restrict idx,
                      const REAL *restrict base, int64_t stride, int64_t T, int64_t n, REAL f) {
@@ -31,29 +40,14 @@ INLINE void FN(wsum)(REAL *restrict out, const REAL *restrict w, const int32_t *
     if ((n & 7) == 0 && n <= 64) {
         enum { MAXC = 8 };
         const int64_t nc = n / 8;
-        __m256 a[MAXC], b[MAXC];
+        __m256 a[MAXC], b[MAXC]; /* two accumulator sets (even, odd slots): half the chain */
         for (int64_t c = 0; c < nc; c++) a[c] = b[c] = _mm256_setzero_ps();
         int64_t t = 0;
-        for (; t + 2 <= T; t += 2) { /* two accumulator sets: half the dependency chain */
-            if (idx[t] >= 0) {
-                const REAL *row = base + idx[t] * stride;
-                __m256 p = _mm256_set1_ps(w[t]);
-                for (int64_t c = 0; c < nc; c++)
-                    a[c] = _mm256_fmadd_ps(p, _mm256_loadu_ps(row + 8 * c), a[c]);
-            }
-            if (idx[t + 1] >= 0) {
-                const REAL *row = base + idx[t + 1] * stride;
-                __m256 p = _mm256_set1_ps(w[t + 1]);
-                for (int64_t c = 0; c < nc; c++)
-                    b[c] = _mm256_fmadd_ps(p, _mm256_loadu_ps(row + 8 * c), b[c]);
-            }
+        for (; t + 2 <= T; t += 2) {
+            if (idx[t] >= 0) FN(fma_row)(a, w[t], base + idx[t] * stride, nc);
+            if (idx[t + 1] >= 0) FN(fma_row)(b, w[t + 1], base + idx[t + 1] * stride, nc);
         }
-        if (t < T && idx[t] >= 0) {
-            const REAL *row = base + idx[t] * stride;
-            __m256 p = _mm256_set1_ps(w[t]);
-            for (int64_t c = 0; c < nc; c++)
-                a[c] = _mm256_fmadd_ps(p, _mm256_loadu_ps(row + 8 * c), a[c]);
-        }
+        if (t < T && idx[t] >= 0) FN(fma_row)(a, w[t], base + idx[t] * stride, nc);
         __m256 fv = _mm256_set1_ps(f);
         for (int64_t c = 0; c < nc; c++)
             _mm256_storeu_ps(out + 8 * c, _mm256_mul_ps(_mm256_add_ps(a[c], b[c]), fv));
