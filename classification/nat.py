@@ -30,6 +30,25 @@ from .layers import (
 __all__ = ["NAT", "ConvDownsampler", "ConvTokenizer", "DiNAT"]
 
 
+def cpu_conv_layout(x: Tensor, weight: Tensor) -> Tensor:
+    """``x`` (an NCHW view) in the memory layout that makes a convolution with ``weight`` fastest
+    on the CPU.
+
+    oneDNN converts whichever of input and weight is not in the layout it runs on, on every
+    call: channels-last input makes it reorder the weight, NCHW input the activation. The smaller
+    copy wins (measured at batch 1: the stem runs 1.8x faster channels-last, the 14x14 -> 7x7
+    downsampler 2.6x faster NCHW). Other devices get ``x`` as it is.
+    """
+    if x.device.type != "cpu":
+        return x
+    if weight.numel() > x.numel():
+        return x.contiguous()
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+torch.fx.wrap("cpu_conv_layout")  # a leaf of FX graphs: the layout is chosen when they run
+
+
 class ConvTokenizer(nn.Module):
     """Stem: two 3x3 stride-2 convolutions (``in_chans -> C/2 -> C``), channels-last, LayerNorm."""
 
@@ -47,7 +66,8 @@ class ConvTokenizer(nn.Module):
         self.norm = norm_layer(embed_dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+        x = self.proj[1](self.proj[0](cpu_conv_layout(x, self.proj[0].weight)))
+        return self.norm(x.permute(0, 2, 3, 1))
 
 
 class ConvDownsampler(nn.Module):
@@ -59,7 +79,8 @@ class ConvDownsampler(nn.Module):
         self.norm = norm_layer(2 * dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.norm(self.reduction(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+        x = cpu_conv_layout(x.permute(0, 3, 1, 2), self.reduction.weight)
+        return self.norm(self.reduction(x).permute(0, 2, 3, 1))
 
 
 class NAT(HierarchicalMixin, nn.Module):

@@ -7,14 +7,16 @@ spell of the machine hits every case alike). Training: the demo configuration's 
 (configs/classification/demo.yaml: a slimmed nat_mini at 32 px) for ``--train-steps`` AdamW steps
 on random tensors, images/s. NAT/DiNAT rows run once per backend given in ``--backends``
 (default: the automatic choice, which is ``cpu``, the C kernel, where a C compiler is found, and
-``tiled``, the plain-PyTorch path before it).
+``tiled``, the plain-PyTorch path before it); ``cpu-pythreads`` is the C kernel with its rows split
+on Python threads instead of OpenMP's (``NATTEN_EXT_CPU_OPENMP=0``).
 
 ``--ops`` times the operator alone instead: inference and forward+backward of one call at each
 of NAT-Tiny's and DiNAT-Tiny's level shapes (head_dim 32, kernel 7, RPB, q/k/v as views of one
 qkv tensor), per backend, interleaved, minimum of ``--reps`` calls.
 
 Usage: python scripts/bench_cpu.py [--models nat_tiny,dinat_tiny,swin_tiny_patch4_window7_224,
-    convnext_tiny] [--batches 1,8] [--reps 5] [--threads N] [--backends auto,tiled,reference]
+    convnext_tiny] [--batches 1,8] [--reps 5] [--threads N]
+    [--backends auto,tiled,cpu-pythreads,reference]
     [--train-steps 30] [--ops] [--json out.json]
 """
 
@@ -38,13 +40,27 @@ import timm
 import classification  # noqa: F401  (registers the zoo with timm)
 import natten_ext
 from classification.training.config import load_config
+from natten_ext.backends import cpu as cpu_backend
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO_PREFIXES = ("nat_", "dinat_")
 
 
+PYTHREADS = "cpu-pythreads"  # the cpu backend with rows split on Python threads, not OpenMP
+
+
+@contextlib.contextmanager
 def backend_context(name: str):
-    return contextlib.nullcontext() if name == "auto" else natten_ext.use_backend(name)
+    if name == "auto":
+        yield
+        return
+    saved = cpu_backend._OPENMP
+    cpu_backend._OPENMP = name != PYTHREADS
+    try:
+        with natten_ext.use_backend("cpu" if name == PYTHREADS else name):
+            yield
+    finally:
+        cpu_backend._OPENMP = saved
 
 
 def interleaved(calls: list[tuple], reps: int) -> list[list[float]]:
@@ -150,10 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     backends = args.backends.split(",")
-    unknown = [b for b in backends if b != "auto" and b not in natten_ext.available_backends()]
+    known = ["auto", *natten_ext.available_backends()]
+    if "cpu" in known:
+        known.append(PYTHREADS)
+    unknown = [b for b in backends if b not in known]
     if unknown:
-        p.error(f"--backends: {unknown} not available; choose from auto, "
-                f"{', '.join(natten_ext.available_backends())}")  # fmt: skip
+        p.error(f"--backends: {unknown} not available; choose from {', '.join(known)}")
     batches = [int(b) for b in args.batches.split(",")]
     print(f"# CPU, {torch.get_num_threads()} threads | torch {torch.__version__} | "
           f"timm {timm.__version__}", flush=True)  # fmt: skip

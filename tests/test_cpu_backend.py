@@ -1,6 +1,6 @@
 """The cpu backend's build (cached, atomic, a failed build falls back), its switches, and what
 the oracle sweeps of test_na_operator.py do not vary: threads, strides, head dims, the hand-off of
-small maps to the tiled backend."""
+small maps to the tiled backend, OpenMP or Python threads."""
 
 from __future__ import annotations
 
@@ -101,7 +101,9 @@ def _case(shape, heads, dim, ks, dil, causal, seed=0):
 
 
 @needs_kernel
-def test_results_do_not_depend_on_the_thread_count():
+@pytest.mark.parametrize("openmp", [True, False], ids=["openmp", "python-threads"])
+def test_results_do_not_depend_on_the_thread_count(openmp, monkeypatch):
+    monkeypatch.setattr(cpu, "_OPENMP", openmp)
     q, k, v, rpb, grad, window = _case((20, 18), 3, 32, (7, 5), (2, 1), (False, True))
     before = torch.get_num_threads()
     results = []
@@ -115,6 +117,33 @@ def test_results_do_not_depend_on_the_thread_count():
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert torch.equal(a, b)
+
+
+@needs_kernel
+def test_rows_are_split_by_openmp_in_one_call_or_on_python_threads(monkeypatch):
+    lib = cpu.library()
+    if not lib.openmp:
+        pytest.skip("the C compiler has no OpenMP")
+    calls = []
+    real = lib.na_fwd_f32
+    monkeypatch.setattr(lib, "na_fwd_f32", lambda *a: calls.append(a[-3:]) or real(*a))
+    q = k = v = torch.randn(1, 12, 12, 2, 16)
+    args = (q, k, v, None, (5, 5), (1, 1), (False, False), 0.25)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with_openmp = cpu.inference(*args)
+        monkeypatch.setattr(cpu, "_OPENMP", False)
+        on_python_threads = cpu.inference(*args)
+    finally:
+        torch.set_num_threads(before)
+    rows = 2 * 144
+    assert calls[0] == (0, rows, 2)  # then one call per range, in either order:
+    assert sorted(calls[1:]) == [(0, rows // 2, 1), (rows // 2, rows, 1)]
+    assert torch.equal(with_openmp, on_python_threads)
+    proc = run_fresh("from natten_ext.backends import cpu; print(cpu._OPENMP)",
+                     NATTEN_EXT_CPU_OPENMP="0")  # fmt: skip
+    assert proc.stdout.strip() == "False", proc.stderr[-2000:]
 
 
 @needs_kernel
@@ -186,7 +215,7 @@ def test_cpu_benchmark_script_runs_every_case(tmp_path):
 
 def test_cpu_benchmark_script_times_the_operator_alone(tmp_path):
     out = tmp_path / "ops.json"
-    argv = ["--ops", "--batches", "1", "--reps", "1", "--backends", "auto,tiled",
+    argv = ["--ops", "--batches", "1", "--reps", "1", "--backends", "auto,cpu-pythreads",
             "--json", str(out)]  # fmt: skip
     assert load_script("bench_cpu").main(argv) == 0
     rows = json.loads(out.read_text())["ops"]

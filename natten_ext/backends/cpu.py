@@ -43,8 +43,9 @@ from . import tiled
 NAME = "cpu"
 ENV_DISABLE = "NATTEN_EXT_CPU_KERNEL"
 ENV_CACHE = "NATTEN_EXT_CACHE"
+ENV_OPENMP = "NATTEN_EXT_CPU_OPENMP"  # "0": split rows on Python threads even with OpenMP
 _SOURCES = ("na_cpu.c", "na_cpu_body.h")
-_ABI_VERSION = 3
+_ABI_VERSION = 4
 _MAX_WINDOW = 4096  # slots (and head_dim) held in stack buffers per row
 # gnu11, not c11: strict ISO mode turns off FMA contraction
 _FLAGS = ("-O3", "-fPIC", "-shared", "-std=gnu11", "-ffp-contract=fast", "-fno-math-errno")
@@ -104,7 +105,8 @@ def _compile(cc: str, src: Path, target: Path) -> str | None:
     os.close(fd)
     error = ""
     try:
-        for extra in (("-march=native",), ()):  # some compilers / CPUs lack -march=native
+        # OpenMP where the compiler has it (see _run); some compilers / CPUs lack -march=native
+        for extra in (("-fopenmp", "-march=native"), ("-fopenmp",), ("-march=native",), ()):
             cmd = [cc, *_FLAGS, *extra, "-o", tmp, str(src), "-lm"]
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
             if proc.returncode == 0:
@@ -158,10 +160,13 @@ def library() -> ctypes.CDLL | None:
 
 def _declare(lib: ctypes.CDLL) -> None:
     p, i64, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
+    lib.na_cpu_openmp.restype = i64
+    lib.openmp = bool(lib.na_cpu_openmp())
+    rows = [p, f64, i64, i64, i64]  # strides, scale, first row, end row, threads
     for sfx in ("f32", "f64"):
-        getattr(lib, f"na_fwd_{sfx}").argtypes = [p] * 9 + [i64] * 5 + [p, f64, i64, i64]
-        getattr(lib, f"na_bwd_q_{sfx}").argtypes = [p] * 11 + [i64] * 5 + [p, f64, i64, i64]
-        getattr(lib, f"na_bwd_kv_{sfx}").argtypes = [p] * 10 + [i64] * 4 + [p, f64, i64, i64]
+        getattr(lib, f"na_fwd_{sfx}").argtypes = [p] * 9 + [i64] * 5 + rows
+        getattr(lib, f"na_bwd_q_{sfx}").argtypes = [p] * 11 + [i64] * 5 + rows
+        getattr(lib, f"na_bwd_kv_{sfx}").argtypes = [p] * 10 + [i64] * 4 + rows
         for kind in ("fwd", "bwd_q", "bwd_kv"):
             getattr(lib, f"na_{kind}_{sfx}").restype = None
 
@@ -220,15 +225,30 @@ def _rows_view(t: torch.Tensor, ct: torch.dtype) -> tuple[torch.Tensor, tuple[in
 
 _pool: ThreadPoolExecutor | None = None
 _pool_key = (0, 0)  # (threads, pid): a forked child does not inherit the parent's threads
+# GNU OpenMP hangs in a forked child whose parent ran parallel regions (PyTorch's own operators
+# included), so forked children split rows on the Python pool instead.
+_forked = False
+_OPENMP = os.environ.get(ENV_OPENMP, "1") != "0"
 
 
-def _run(fn, rows: int, *args) -> None:
-    """``fn(*args, r0, r1)`` over ``[0, rows)``, split across ``torch.get_num_threads()``
-    threads (ctypes releases the GIL)."""
+def _note_fork() -> None:
+    global _forked
+    _forked = True
+
+
+os.register_at_fork(after_in_child=_note_fork)
+
+
+def _run(lib, fn, rows: int, *args) -> None:
+    """``fn(*args, r0, r1, threads)`` over the rows ``[0, rows)`` on ``torch.get_num_threads()``
+    threads: one call where the library has OpenMP (its threads are the ones PyTorch's operators
+    run on, already awake: a Python pool's hand-off cost up to half of a small call), else one
+    call per range on a Python thread pool (ctypes releases the GIL): without OpenMP, in forked
+    children, and with ``NATTEN_EXT_CPU_OPENMP=0``."""
     global _pool, _pool_key
     threads = max(1, min(torch.get_num_threads(), rows // 16))
-    if threads == 1:
-        fn(*args, 0, rows)
+    if threads == 1 or (lib.openmp and _OPENMP and not _forked):
+        fn(*args, 0, rows, threads)
         return
     key = (threads, os.getpid())
     if _pool is None or _pool_key != key:
@@ -236,8 +256,8 @@ def _run(fn, rows: int, *args) -> None:
             _pool.shutdown(wait=True)
         _pool, _pool_key = ThreadPoolExecutor(threads, thread_name_prefix="natten_cpu"), key
     bounds = [rows * t // threads for t in range(threads + 1)]
-    futures = [_pool.submit(fn, *args, bounds[t], bounds[t + 1]) for t in range(1, threads)]
-    fn(*args, bounds[0], bounds[1])
+    futures = [_pool.submit(fn, *args, bounds[t], bounds[t + 1], 1) for t in range(1, threads)]
+    fn(*args, bounds[0], bounds[1], 1)
     for f in futures:
         f.result()
 
@@ -293,7 +313,7 @@ def _attend(query, key, value, rpb, kernel_size, dilation, is_causal, scale, wit
     lse = torch.empty(query.shape[:-1], dtype=torch.float32) if with_lse else None
     lse_st = (n * h, h, 1)
     st = _strides(sq, sk, sv, _heads_last_strides(out), lse_st)
-    _run(getattr(lib, f"na_fwd_{sfx}"), b * h * n, q.data_ptr(), k.data_ptr(), v.data_ptr(),
+    _run(lib, getattr(lib, f"na_fwd_{sfx}"), b * h * n, q.data_ptr(), k.data_ptr(), v.data_ptr(),
          _ptr(table), nbr.data_ptr(), bins.data_ptr(), visit.data_ptr(), out.data_ptr(), _ptr(lse),
          h, n, window, d, 0 if table is None else table.shape[1], st.data_ptr(),
          float(scale))  # fmt: skip
@@ -330,14 +350,14 @@ def backward(grad_out, query, key, value, rpb, out, lse, kernel_size, dilation, 
     probs = torch.empty(b, h, n, window, dtype=ct)
     d_logits = torch.empty_like(probs)
     st = _strides(sq, sk, sv, sg, _heads_last_strides(dq))
-    _run(getattr(lib, f"na_bwd_q_{sfx}"), b * h * n, q.data_ptr(), k.data_ptr(), v.data_ptr(),
+    _run(lib, getattr(lib, f"na_bwd_q_{sfx}"), b * h * n, q.data_ptr(), k.data_ptr(), v.data_ptr(),
          _ptr(table), nbr.data_ptr(), bins.data_ptr(), visit.data_ptr(), g.data_ptr(),
          dq.data_ptr(), probs.data_ptr(), d_logits.data_ptr(), h, n, window, d, nb, st.data_ptr(),
          float(scale))  # fmt: skip
     dk = torch.empty(key.shape, dtype=ct)
     dv = torch.empty(value.shape, dtype=ct)
     st = _strides(sq, sg, _heads_last_strides(dk), _heads_last_strides(dv))
-    _run(getattr(lib, f"na_bwd_kv_{sfx}"), b * h * n, q.data_ptr(), g.data_ptr(),
+    _run(lib, getattr(lib, f"na_bwd_kv_{sfx}"), b * h * n, q.data_ptr(), g.data_ptr(),
          probs.data_ptr(), d_logits.data_ptr(), visit.data_ptr(), off.data_ptr(), ent_q.data_ptr(),
          ent_pair.data_ptr(), dk.data_ptr(), dv.data_ptr(), h, n, window, d, st.data_ptr(),
          float(scale))  # fmt: skip

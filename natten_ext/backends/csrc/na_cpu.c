@@ -16,6 +16,29 @@
 #include <stdint.h>
 #include <string.h>
 
+/* An entry point's rows [rows0, rows1) in ``threads`` contiguous ranges [r0, r1), one per
+ * thread. With OpenMP the threads are those of the process's OpenMP runtime: inside PyTorch,
+ * which loads its libgomp.so.1 first, the same warm team that runs its own operators (no second
+ * pool competing for the cores). The ranges depend only on the thread count, and every row is
+ * computed the same way in any range, so results do not depend on it. */
+#ifdef _OPENMP
+#include <omp.h>
+#define NA_PARALLEL(rows0, rows1, threads, body)                                               \
+    _Pragma("omp parallel num_threads(threads)") {                                             \
+        const int64_t nt_ = omp_get_num_threads(), t_ = omp_get_thread_num();                  \
+        const int64_t n_ = (rows1) - (rows0);                                                  \
+        const int64_t r0 = (rows0) + n_ * t_ / nt_, r1 = (rows0) + n_ * (t_ + 1) / nt_;         \
+        if (r0 < r1) { body; }                                                                 \
+    }
+#else
+#define NA_PARALLEL(rows0, rows1, threads, body)                                               \
+    {                                                                                          \
+        (void)(threads);                                                                       \
+        const int64_t r0 = (rows0), r1 = (rows1);                                              \
+        body;                                                                                  \
+    }
+#endif
+
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define NA_HAVE_AVX2 1
@@ -117,4 +140,14 @@ static inline __m256 exp8_f32(__m256 x) {
 #undef NA_VEC
 
 /* The ABI version the Python side checks before it uses a built library. */
-int64_t na_cpu_abi_version(void) { return 3; }
+int64_t na_cpu_abi_version(void) { return 4; }
+
+/* 1 where the entry points run their ``threads`` argument's OpenMP threads, 0 where the caller
+ * splits the rows itself. */
+int64_t na_cpu_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}

@@ -198,7 +198,9 @@ INLINE void FN(bwd_kv_rows)(const REAL *q, const REAL *dout, const REAL *P, cons
     default: { const int64_t Dc = D; call; break; }                                         \
     }
 
-/* Rows [r0, r1) of (b, h, position): each entry point visits the tokens of a (batch, head) in
+/* Rows [rows0, rows1) of (b, h, position), split into ``threads`` contiguous ranges run by
+ * OpenMP threads where the library is built with OpenMP (one thread otherwise): each entry
+ * point visits the tokens of a (batch, head) in
  * the order ``order`` (dilation group by group, so that consecutive rows share keys in cache).
  *
  * out, lse of those rows; lse may be NULL (inference). st: element strides
@@ -206,9 +208,10 @@ INLINE void FN(bwd_kv_rows)(const REAL *q, const REAL *dout, const REAL *P, cons
 void FN(na_fwd)(const REAL *q, const REAL *k, const REAL *v, const REAL *rpb, const int32_t *nbr,
                 const int32_t *bins, const int32_t *order, REAL *out, float *lse, int64_t H,
                 int64_t N, int64_t KV, int64_t D, int64_t NB, const int64_t *st, double scale,
-                int64_t r0, int64_t r1) {
-    NA_DISPATCH_D(FN(fwd_rows)(q, k, v, rpb, nbr, bins, order, out, lse, H, N, KV, Dc, NB, st,
-                               (REAL)scale, r0, r1))
+                int64_t rows0, int64_t rows1, int64_t threads) {
+    NA_PARALLEL(rows0, rows1, threads,
+                NA_DISPATCH_D(FN(fwd_rows)(q, k, v, rpb, nbr, bins, order, out, lse, H, N, KV, Dc,
+                                           NB, st, (REAL)scale, r0, r1)))
 }
 
 /* Backward, pass 1, rows [r0, r1) of (b, h, i): dq, and the probabilities P and logit
@@ -217,9 +220,11 @@ void FN(na_fwd)(const REAL *q, const REAL *k, const REAL *v, const REAL *rpb, co
 void FN(na_bwd_q)(const REAL *q, const REAL *k, const REAL *v, const REAL *rpb, const int32_t *nbr,
                   const int32_t *bins, const int32_t *order, const REAL *dout, REAL *dq, REAL *P,
                   REAL *dS, int64_t H, int64_t N, int64_t KV, int64_t D, int64_t NB,
-                  const int64_t *st, double scale, int64_t r0, int64_t r1) {
-    NA_DISPATCH_D(FN(bwd_q_rows)(q, k, v, rpb, nbr, bins, order, dout, dq, P, dS, H, N, KV, Dc,
-                                 NB, st, (REAL)scale, r0, r1))
+                  const int64_t *st, double scale, int64_t rows0, int64_t rows1,
+                  int64_t threads) {
+    NA_PARALLEL(rows0, rows1, threads,
+                NA_DISPATCH_D(FN(bwd_q_rows)(q, k, v, rpb, nbr, bins, order, dout, dq, P, dS, H, N,
+                                             KV, Dc, NB, st, (REAL)scale, r0, r1)))
 }
 
 /* Backward, pass 2, rows [r0, r1) of (b, h, j): dk and dv of key j, summed over the pairs
@@ -228,9 +233,11 @@ void FN(na_bwd_q)(const REAL *q, const REAL *k, const REAL *v, const REAL *rpb, 
 void FN(na_bwd_kv)(const REAL *q, const REAL *dout, const REAL *P, const REAL *dS,
                    const int32_t *order, const int32_t *off, const int32_t *ent_q,
                    const int32_t *ent_pair, REAL *dk, REAL *dv, int64_t H, int64_t N, int64_t KV,
-                   int64_t D, const int64_t *st, double scale, int64_t r0, int64_t r1) {
-    NA_DISPATCH_D(FN(bwd_kv_rows)(q, dout, P, dS, order, off, ent_q, ent_pair, dk, dv, H, N, KV,
-                                  Dc, st, (REAL)scale, r0, r1))
+                   int64_t D, const int64_t *st, double scale, int64_t rows0, int64_t rows1,
+                   int64_t threads) {
+    NA_PARALLEL(rows0, rows1, threads,
+                NA_DISPATCH_D(FN(bwd_kv_rows)(q, dout, P, dS, order, off, ent_q, ent_pair, dk, dv,
+                                              H, N, KV, Dc, st, (REAL)scale, r0, r1)))
 }
 #undef NA_DISPATCH_D
 #undef INLINE
