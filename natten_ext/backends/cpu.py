@@ -1,5 +1,6 @@
 """CPU backend: a small C kernel (``csrc/na_cpu.c``), built on first use with the system's C
-compiler and cached, called through ctypes on several threads.
+compiler and cached, called through ctypes; its rows run on PyTorch's OpenMP threads where the
+compiler has OpenMP, on a Python thread pool otherwise.
 
 Each query row is one pass over its window: the logits, the softmax and the weighted sum of
 values without materialising a tile's scores, so no (query, key) pair outside a window is ever

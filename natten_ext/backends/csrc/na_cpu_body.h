@@ -199,9 +199,9 @@ INLINE void FN(bwd_kv_rows)(const REAL *q, const REAL *dout, const REAL *P, cons
     }
 
 /* Rows [rows0, rows1) of (b, h, position), split into ``threads`` contiguous ranges run by
- * OpenMP threads where the library is built with OpenMP (one thread otherwise): each entry
- * point visits the tokens of a (batch, head) in
- * the order ``order`` (dilation group by group, so that consecutive rows share keys in cache).
+ * OpenMP threads where the library is built with OpenMP (one thread otherwise). Each entry
+ * point visits the tokens of a (batch, head) in the order ``order`` (dilation group by group,
+ * so that consecutive rows share keys in cache).
  *
  * out, lse of those rows; lse may be NULL (inference). st: element strides
  * (b, n, h) of q, k, v, out, lse. */
