@@ -170,7 +170,11 @@ def test_head_dims_and_strided_inputs_match_the_tiled_backend(ndim, dim):
 
 
 @needs_kernel
-def test_small_undilated_maps_go_to_the_tiled_backend(monkeypatch):
+@pytest.mark.parametrize("openmp", [True, False], ids=["openmp", "python-threads"])
+def test_small_undilated_maps_go_to_the_tiled_backend_on_python_threads(openmp, monkeypatch):
+    if openmp and not cpu.library().openmp:
+        pytest.skip("the C compiler has no OpenMP")
+    monkeypatch.setattr(cpu, "_OPENMP", openmp)
     seen = []
     real = tiled.inference
     monkeypatch.setattr(tiled, "inference", lambda *a: seen.append(a[0].shape) or real(*a))
@@ -178,7 +182,8 @@ def test_small_undilated_maps_go_to_the_tiled_backend(monkeypatch):
         q = k = v = torch.randn(1, *shape, 2, 16)
         with torch.inference_mode(), natten_ext.use_backend("cpu"):
             natten_ext.na2d(q, k, v, 7, dilation=dil)
-    assert seen == [torch.Size([1, 7, 7, 2, 16])]  # 14x14 (4 windows) and dilated: the kernel
+    # on Python threads 14x14 (4 windows) and dilated maps run the kernel; with OpenMP every map
+    assert seen == ([] if openmp else [torch.Size([1, 7, 7, 2, 16])])
 
 
 @needs_kernel

@@ -127,7 +127,7 @@ def _check_case(ndim, case, dtype, device, seed, heads=2, dim=8):
 
 @pytest.fixture(params=["cpu", "tiled", "dense", "gather"])
 def reference_path(request, monkeypatch):
-    """Force a CPU path: the C kernel (its small-map hand-off to the tiled backend off), the
+    """Force a CPU path: the C kernel (its small-map hand-off on Python threads off), the
     tiled backend, or the reference backend through its dense (small maps) or gather path."""
     if request.param == "cpu":
         if not cpu_backend.is_available():

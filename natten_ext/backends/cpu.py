@@ -240,6 +240,10 @@ def _note_fork() -> None:
 os.register_at_fork(after_in_child=_note_fork)
 
 
+def _uses_openmp(lib: ctypes.CDLL) -> bool:
+    return lib.openmp and _OPENMP and not _forked
+
+
 def _run(lib, fn, rows: int, *args) -> None:
     """``fn(*args, r0, r1, threads)`` over the rows ``[0, rows)`` on ``torch.get_num_threads()``
     threads: one call where the library has OpenMP (its threads are the ones PyTorch's operators
@@ -248,7 +252,7 @@ def _run(lib, fn, rows: int, *args) -> None:
     children, and with ``NATTEN_EXT_CPU_OPENMP=0``."""
     global _pool, _pool_key
     threads = max(1, min(torch.get_num_threads(), rows // 16))
-    if threads == 1 or (lib.openmp and _OPENMP and not _forked):
+    if threads == 1 or _uses_openmp(lib):
         fn(*args, 0, rows, threads)
         return
     key = (threads, os.getpid())
@@ -285,17 +289,21 @@ def _heads_last_strides(t: torch.Tensor) -> tuple[int, int, int]:
     return (t.stride(0), t.stride(-2) * t.shape[-2], t.stride(-2))
 
 
-# Undilated maps of at most this many windows' worth of tokens go to the tiled backend: there a
-# tile is the whole map, one dense product at BLAS speed (7x7 maps with 7x7 windows: 2x faster
-# than the row kernel; 14x14, 4 windows' worth, 1.3-1.5x slower). Dilated maps stay here: the
-# tiled backend gathers each group's rows first.
+# On Python threads, undilated maps of at most this many windows' worth of tokens go to the tiled
+# backend: there a tile is the whole map, one dense product at BLAS speed (7x7 maps with 7x7
+# windows: 2x faster than the row kernel split on Python threads). With OpenMP the kernel is
+# faster on every map (7x7/16: 1.2-2.7x faster than the tiled backend), so none is handed off.
+# Dilated maps always stay here: the tiled backend gathers each group's rows first.
 _DENSE_WINDOWS = 2
 
 
 def _delegate(lib, query, kernel_size, dilation) -> bool:
-    """The tiled backend serves the call: no library, or a small undilated map."""
+    """The tiled backend serves the call: no library, or a small undilated map while the rows are
+    split on Python threads."""
     if lib is None:
         return True
+    if _uses_openmp(lib):
+        return False
     tokens = math.prod(query.shape[1:-2])
     return all(d == 1 for d in dilation) and tokens <= _DENSE_WINDOWS * math.prod(kernel_size)
 
