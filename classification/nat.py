@@ -66,7 +66,7 @@ class ConvTokenizer(nn.Module):
         self.norm = norm_layer(embed_dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.proj[1](self.proj[0](cpu_conv_layout(x, self.proj[0].weight)))
+        x = self.proj(cpu_conv_layout(x, self.proj[0].weight))
         return self.norm(x.permute(0, 2, 3, 1))
 
 

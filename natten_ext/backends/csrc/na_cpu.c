@@ -23,8 +23,9 @@
  * computed the same way in any range, so results do not depend on it. */
 #ifdef _OPENMP
 #include <omp.h>
+#define NA_PRAGMA(text) _Pragma(#text) /* the arguments substituted before the stringising */
 #define NA_PARALLEL(rows0, rows1, threads, body)                                               \
-    _Pragma("omp parallel num_threads(threads)") {                                             \
+    NA_PRAGMA(omp parallel num_threads(threads)) {                                             \
         const int64_t nt_ = omp_get_num_threads(), t_ = omp_get_thread_num();                  \
         const int64_t n_ = (rows1) - (rows0);                                                  \
         const int64_t r0 = (rows0) + n_ * t_ / nt_, r1 = (rows0) + n_ * (t_ + 1) / nt_;         \
