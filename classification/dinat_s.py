@@ -18,6 +18,8 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.swin_transformer import PatchMerging
 from torch import nn
 
+from natten_ext.fast_linear import FastLinear
+
 from .checkpoint import checkpoint_filter_fn, forget_overlay_state_dict, read_file_overlay
 from .dilation import D224, D384
 from .fast_layernorm import FastLayerNorm
@@ -115,7 +117,7 @@ class DiNAT_s(HierarchicalMixin, nn.Module):
                 norm_layer=norm_layer,
             )
             self.norm = norm_layer(self.num_features)
-            self.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+            self.head = FastLinear(self.num_features, num_classes) if num_classes else nn.Identity()
         materialize(self, device, dtype)
 
 

@@ -26,6 +26,8 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 from torch import Tensor, nn
 
+from natten_ext.fast_linear import FastLinear
+
 from .checkpoint import checkpoint_filter_fn, forget_overlay_state_dict, read_file_overlay
 from .fast_layernorm import FastLayerNorm
 from .layers import ClassifierMixin, NATransformerBlock, materialize
@@ -88,13 +90,13 @@ class GlobalAttentionRPB(nn.Module):
         self.head_dim = dim // num_heads
         self.scale = qk_scale if qk_scale is not None else self.head_dim**-0.5
         self.grid_size = grid_size
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.qkv = FastLinear(dim, dim * 3, bias=qkv_bias)
         self.rpb = nn.Parameter(torch.empty(num_heads, 2 * grid_size - 1, 2 * grid_size - 1))
         self.register_buffer(
             "relative_position_index", torch.empty(grid_size**2, grid_size**2, dtype=torch.long)
         )
         self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = FastLinear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.reset_parameters()
 
@@ -209,7 +211,7 @@ class NATIsotropic(ClassifierMixin, nn.Module):
                 )
             )
             self.norm = norm_layer(embed_dim)
-            self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+            self.head = FastLinear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.feature_info = [
             dict(num_chs=embed_dim, reduction=patch_size, module=f"layers.{i}")
             for i in range(depth)

@@ -2,6 +2,8 @@
 
 - :class:`NATransformerBlock`: the pre-norm transformer block of every family (keys ``norm1``,
   ``attn.{qkv,rpb,proj}``, ``norm2``, ``mlp.{fc1,fc2}``, optional ``gamma1``/``gamma2``).
+- :class:`Mlp`: the block's MLP, timm's ``Mlp`` on ``FastLinear`` layers (oneDNN's matmul for
+  float32 CPU inference).
 - :class:`NALevel`: a level of blocks with an optional downsampler run *after* the blocks.
 - :class:`ClassifierMixin` and :class:`HierarchicalMixin`: the timm model API (head, weight decay,
   intermediates, pruning, gradient checkpointing, initialisation) written once for the three
@@ -19,13 +21,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import DropPath, trunc_normal_
 from timm.models import register_notrace_module, resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 from torch import Tensor, nn
 
 from natten_ext import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
+from natten_ext.fast_linear import FastLinear
 
 from .fast_layernorm import FastLayerNorm
 
@@ -35,6 +38,7 @@ for _cls in (NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAtten
 __all__ = [
     "ClassifierMixin",
     "HierarchicalMixin",
+    "Mlp",
     "NALevel",
     "NATransformerBlock",
     "check_dilations",
@@ -132,6 +136,30 @@ def check_hierarchical_args(
     if not 0.0 <= drop_path_rate < 1.0:
         raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
     return check_dilations(dilations, depths)
+
+
+class Mlp(nn.Module):
+    """timm's ``Mlp`` (``fc1 -> act -> drop1 -> norm -> fc2 -> drop2``, the same attributes and
+    keys) on :class:`~natten_ext.fast_linear.FastLinear` layers, so that its float32 CPU
+    inference runs oneDNN's matmul."""
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        act_layer: Callable[..., nn.Module] = nn.GELU,
+        drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.fc1 = FastLinear(in_features, hidden_features)
+        self.act = act_layer()
+        self.drop1 = nn.Dropout(drop)
+        self.norm = nn.Identity()
+        self.fc2 = FastLinear(hidden_features, in_features)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop2(self.fc2(self.norm(self.drop1(self.act(self.fc1(x))))))
 
 
 class NATransformerBlock(nn.Module):
@@ -342,7 +370,7 @@ class ClassifierMixin:
         self.num_classes = num_classes
         ref = next(self.parameters())
         if num_classes > 0:
-            head = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
+            head = FastLinear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
             init_module_weights(head)
         else:
             head = nn.Identity()

@@ -10,6 +10,12 @@ on random tensors, images/s. NAT/DiNAT rows run once per backend given in ``--ba
 ``tiled``, the plain-PyTorch path before it); ``cpu-pythreads`` is the C kernel with its rows split
 on Python threads instead of OpenMP's (``NATTEN_EXT_CPU_OPENMP=0``).
 
+``--linears`` picks how the Linear layers run, one row per choice: ``shipped``, every model as
+it ships (the zoo's ``FastLinear`` layers on oneDNN, timm's ``nn.Linear`` on PyTorch's GEMM);
+``aten``, the zoo's layers on PyTorch's GEMM too (``NATTEN_EXT_CPU_LINEAR=0``); ``onednn``, timm's
+models with their ``nn.Linear`` layers turned into ``FastLinear`` (same parameters), what they
+would gain from the same change.
+
 ``--ops`` times the operator alone instead: inference and forward+backward of one call at each
 of NAT-Tiny's and DiNAT-Tiny's level shapes (head_dim 32, kernel 7, RPB, q/k/v as views of one
 qkv tensor), per backend, interleaved, minimum of ``--reps`` calls.
@@ -17,13 +23,14 @@ qkv tensor), per backend, interleaved, minimum of ``--reps`` calls.
 Usage: python scripts/bench_cpu.py [--models nat_tiny,dinat_tiny,swin_tiny_patch4_window7_224,
     convnext_tiny] [--batches 1,8] [--reps 5] [--threads N]
     [--backends auto,tiled,cpu-pythreads,reference]
-    [--train-steps 30] [--ops] [--json out.json]
+    [--linears shipped,aten,onednn] [--train-steps 30] [--ops] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import functools
 import json
 import statistics
@@ -40,6 +47,7 @@ import timm
 import classification  # noqa: F401  (registers the zoo with timm)
 import natten_ext
 from classification.training.config import load_config
+from natten_ext import fast_linear
 from natten_ext.backends import cpu as cpu_backend
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +55,7 @@ ZOO_PREFIXES = ("nat_", "dinat_")
 
 
 PYTHREADS = "cpu-pythreads"  # the cpu backend with rows split on Python threads, not OpenMP
+LINEARS = ("shipped", "aten", "onednn")
 
 
 @contextlib.contextmanager
@@ -63,13 +72,33 @@ def backend_context(name: str):
         cpu_backend._OPENMP = saved
 
 
+@contextlib.contextmanager
+def linear_context(variant: str):
+    """``aten``: the zoo's ``FastLinear`` layers take PyTorch's GEMM (their oneDNN path off)."""
+    saved = fast_linear._ONEDNN
+    fast_linear._ONEDNN = saved and variant != "aten"
+    try:
+        yield
+    finally:
+        fast_linear._ONEDNN = saved
+
+
+def with_fast_linears(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of a timm model whose ``nn.Linear`` layers are ``FastLinear`` ones."""
+    model = copy.deepcopy(model)
+    for module in model.modules():
+        if type(module) is torch.nn.Linear:
+            module.__class__ = fast_linear.FastLinear
+    return model
+
+
 def interleaved(calls: list[tuple], reps: int) -> list[list[float]]:
-    """Seconds of ``reps`` calls of every ``(backend, fn)``, one of each per round after a
-    warm-up round, so that a slow spell of the machine hits every case alike."""
+    """Seconds of ``reps`` calls of every ``(backend, linears, fn)``, one of each per round after
+    a warm-up round, so that a slow spell of the machine hits every case alike."""
     times: list[list[float]] = [[] for _ in calls]
     for round_ in range(reps + 1):
-        for (backend, fn), out in zip(calls, times):
-            with backend_context(backend):
+        for (backend, linears, fn), out in zip(calls, times):
+            with backend_context(backend), linear_context(linears):
                 t0 = time.perf_counter()
                 fn()
                 if round_:
@@ -78,10 +107,11 @@ def interleaved(calls: list[tuple], reps: int) -> list[list[float]]:
 
 
 def time_inference(cases: list[tuple], batch: int, reps: int) -> list[float]:
-    """Median milliseconds of one forward pass of every ``(model, backend)`` case, interleaved."""
+    """Median milliseconds of one forward pass of every ``(model, backend, linears)`` case,
+    interleaved."""
     x = torch.randn(batch, 3, 224, 224)
     with torch.inference_mode():
-        times = interleaved([(b, functools.partial(m, x)) for m, b in cases], reps)
+        times = interleaved([(b, lin, functools.partial(m, x)) for m, b, lin in cases], reps)
     return [1000 * statistics.median(t) for t in times]
 
 
@@ -140,7 +170,7 @@ def time_ops(backends: list[str], batches: list[int], reps: int) -> list[dict]:
     for batch in batches:
         for name, (side, heads, dil) in OP_CASES.items():
             keys = [(b, p, fn) for b in backends for p, fn in op_calls(batch, side, heads, dil)]
-            times = interleaved([(b, fn) for b, _, fn in keys], reps)
+            times = interleaved([(b, "shipped", fn) for b, _, fn in keys], reps)
             for (backend, pass_, _), t in zip(keys, times):
                 rows.append({"case": name, "batch": batch, "backend": backend, "pass": pass_,
                              "ms": 1000 * min(t)})  # fmt: skip
@@ -157,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--backends", default="auto,tiled")
+    p.add_argument("--linears", default="shipped", help=f"comma list of {', '.join(LINEARS)}")
     p.add_argument("--train-steps", type=int, default=30, help="0 skips the training rows")
     p.add_argument("--ops", action="store_true", help="time the operator alone (see above)")
     p.add_argument("--json", type=Path, default=None)
@@ -172,6 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [b for b in backends if b not in known]
     if unknown:
         p.error(f"--backends: {unknown} not available; choose from {', '.join(known)}")
+    linears = args.linears.split(",")
+    if not set(linears) <= set(LINEARS):
+        p.error(f"--linears: choose from {', '.join(LINEARS)}, got {args.linears}")
+    if set(linears) - {"shipped"} and not fast_linear._ONEDNN:
+        p.error("--linears aten/onednn: oneDNN's linear is not used on this machine")
     batches = [int(b) for b in args.batches.split(",")]
     print(f"# CPU, {torch.get_num_threads()} threads | torch {torch.__version__} | "
           f"timm {timm.__version__}", flush=True)  # fmt: skip
@@ -183,15 +219,21 @@ def main(argv: list[str] | None = None) -> int:
     cases, labels = [], []
     for name in args.models.split(","):
         model = timm.create_model(name).eval()
-        for backend in backends if name.startswith(ZOO_PREFIXES) else ["-"]:
-            cases.append((model, "auto" if backend == "-" else backend))
-            labels.append((name, backend))
+        zoo = name.startswith(ZOO_PREFIXES)
+        for lin in linears:
+            if lin == ("onednn" if zoo else "aten"):
+                continue  # the same as shipped
+            variant = with_fast_linears(model) if lin == "onednn" else model
+            for backend in backends if zoo else ["-"]:
+                cases.append((variant, "auto" if backend == "-" else backend, lin))
+                labels.append((name, backend, lin))
     per_batch = [time_inference(cases, b, args.reps) for b in batches]
     rows = []
-    for c, (name, backend) in enumerate(labels):
+    for c, (name, backend, lin) in enumerate(labels):
         ms = [per_batch[i][c] for i in range(len(batches))]
-        rows.append({"model": name, "backend": backend, "ms": dict(zip(batches, ms))})
-        print(f"{name:30s} {backend:10s} " + "  ".join(
+        rows.append({"model": name, "backend": backend, "linears": lin,
+                     "ms": dict(zip(batches, ms))})  # fmt: skip
+        print(f"{name:30s} {backend:10s} {lin:8s} " + "  ".join(
             f"batch {b}: {t:8.1f} ms" for b, t in zip(batches, ms)), flush=True)  # fmt: skip
     train = []
     if args.train_steps:
@@ -201,9 +243,9 @@ def main(argv: list[str] | None = None) -> int:
             train.append({"backend": backend, "images_per_s": rate})
             print(f"demo training ({backend}): {rate:.0f} img/s", flush=True)
     head = " | ".join(f"batch {b} (ms)" for b in batches)
-    print(f"\n| model | backend | {head} |\n|---|---|" + "---|" * len(batches))
+    print(f"\n| model | backend | linears | {head} |\n|---|---|---|" + "---|" * len(batches))
     for r in rows:
-        print(f"| {r['model']} | {r['backend']} | " + " | ".join(
+        print(f"| {r['model']} | {r['backend']} | {r['linears']} | " + " | ".join(
             f"{r['ms'][b]:.0f}" for b in batches) + " |")  # fmt: skip
     for t in train:
         print(f"\ndemo training, backend {t['backend']}: {t['images_per_s']:.0f} img/s")

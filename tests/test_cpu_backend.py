@@ -15,6 +15,7 @@ import torch
 from scripts_loader import load_script
 
 import natten_ext
+from natten_ext import fast_linear
 from natten_ext.backends import cpu, tiled
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -216,6 +217,24 @@ def test_cpu_benchmark_script_runs_every_case(tmp_path):
     assert cases == [("nat_mini", "auto"), ("nat_mini", "tiled"), ("convnext_tiny", "-")]
     assert all(r["ms"]["1"] > 0 for r in got["inference"])
     assert [t["backend"] for t in got["training"]] == ["auto", "tiled"]
+
+
+@pytest.mark.skipif(not fast_linear._ONEDNN, reason="oneDNN's linear is not used here")
+def test_cpu_benchmark_script_times_each_linear_choice(tmp_path):
+    out = tmp_path / "bench.json"
+    argv = ["--models", "nat_mini,convnext_tiny", "--batches", "1", "--reps", "1",
+            "--train-steps", "0", "--backends", "auto", "--linears", "shipped,aten,onednn",
+            "--json", str(out)]  # fmt: skip
+    assert load_script("bench_cpu").main(argv) == 0
+    got = json.loads(out.read_text())["inference"]
+    cases = [(r["model"], r["backend"], r["linears"]) for r in got]
+    assert cases == [
+        ("nat_mini", "auto", "shipped"),
+        ("nat_mini", "auto", "aten"),
+        ("convnext_tiny", "-", "shipped"),
+        ("convnext_tiny", "-", "onednn"),
+    ]
+    assert all(r["ms"]["1"] > 0 for r in got) and fast_linear._ONEDNN  # the switch is restored
 
 
 def test_cpu_benchmark_script_times_the_operator_alone(tmp_path):
