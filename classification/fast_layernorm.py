@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from natten_ext.utils.capture import graph_capture_active
+
 try:
     import triton
     import triton.language as tl
@@ -253,10 +255,10 @@ def _triton_out_dtype(x: Tensor, normalized_shape: tuple[int, ...]) -> torch.dty
     """The Triton path's output dtype when it applies to ``x``, else None (use PyTorch)."""
     if triton is None or not x.is_cuda or os.environ.get("NATTEN_EXT_FAST_LN", "1") == "0":
         return None
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
-        return None  # inductor fuses LayerNorm itself; traces must record the aten op
-    if torch._C._len_torch_dispatch_stack() != 0 or type(x) is not torch.Tensor:
-        return None  # fake / functional / other dispatch modes and tensor subclasses
+    if graph_capture_active():
+        return None  # inductor fuses LayerNorm itself; traces and dispatch modes see the aten op
+    if type(x) is not torch.Tensor:
+        return None  # tensor subclasses
     if len(normalized_shape) != 1 or not _MIN_N <= normalized_shape[0] <= _MAX_N:
         return None
     if x.dtype not in _FLOAT_DTYPES or x.dim() == 0 or x.shape[-1] != normalized_shape[0]:

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .utils.capture import graph_capture_active
+
 __all__ = ["ENV_CPU_LINEAR", "FastLinear", "onednn_linear_applies"]
 
 ENV_CPU_LINEAR = "NATTEN_EXT_CPU_LINEAR"
@@ -62,10 +64,10 @@ def onednn_linear_applies(x: Tensor, weight: Tensor, bias: Tensor | None) -> boo
         return False
     if bias is not None and bias.dtype != torch.float32:
         return False
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+    if graph_capture_active():
         return False  # inductor chooses its own kernels; traces must record aten::linear
-    if torch._C._len_torch_dispatch_stack() != 0 or torch.is_autocast_enabled("cpu"):
-        return False  # fake / functional / other dispatch modes; autocast casts for aten
+    if torch.is_autocast_enabled("cpu"):
+        return False  # autocast casts for aten's op
     if x.numel() * weight.shape[0] < _MIN_MACS or x.layout != torch.strided:
         return False  # small products (empty ones too) are faster on PyTorch's GEMM
     if not torch.backends.mkldnn.enabled:

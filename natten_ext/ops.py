@@ -15,6 +15,7 @@ from torch import Tensor
 
 from . import backends
 from .dispatch import backend_module, select_backend
+from .utils.capture import graph_capture_active
 
 # --- backend "auto" (for TorchScript, whose scripted callers cannot run the Python dispatcher) ---
 AUTO = "auto"
@@ -219,15 +220,6 @@ if _triton is not None:
     na_triton_forward.register_autograd(_triton_backward, setup_context=_triton_setup_context)
 
 
-def _graph_capture_active() -> bool:
-    """Compiling, tracing, or a dispatch mode (FLOP counter, fake tensors) is watching."""
-    return (
-        torch.compiler.is_compiling()
-        or torch.jit.is_tracing()
-        or torch._C._len_torch_dispatch_stack() > 0
-    )
-
-
 def neighborhood_attention(
     query: Tensor,
     key: Tensor,
@@ -240,7 +232,7 @@ def neighborhood_attention(
     backend: str,
 ) -> Tensor:
     """Fused neighborhood attention on validated arguments, differentiable, through ``backend``."""
-    if _graph_capture_active():
+    if graph_capture_active():
         if backend == "triton" and _triton is not None and torch.compiler.is_compiling():
             out, _ = torch.ops.natten_ext.na_triton_forward(
                 query, key, value, rpb, list(kernel_size), list(dilation),

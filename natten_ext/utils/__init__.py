@@ -1,1 +1,1 @@
-"""Internal helpers of natten_ext: argument checks and window index computation."""
+"""Internal helpers of natten_ext: argument checks, window index computation, graph-capture test."""
