@@ -12,8 +12,15 @@ full self-attention through SDPA, and compiled ``flex_attention`` with a neighbo
 ``--unfused`` also times the unfused ops (``na*d_qk`` + softmax + ``na*d_av``, NATTEN 0.14-style
 code) on their Triton kernels and on the reference backend.
 
+``--levels`` instead times the fused kernels alone (forward, and the whole backward with the rpb
+gradient; GPU time of CUDA-graph replays) at each level NAT-Tiny and DiNAT-Tiny run at (batch
+128, bf16, q/k/v as views of one qkv tensor as the models pass them), beside each level's memory
+floor: the bytes the kernels must move (inputs read once, outputs written once) over 4.8 TB/s,
+the H200's bandwidth. It adds the per-step sums over the models' blocks. ``--compare-generic``
+also times the generic kernels where the one-block kernels serve a level.
+
 Usage: python scripts/bench_na.py [--json out.json] [--only nat,dinat,1d,3d] [--no-flex] [--graphs]
-    [--unfused]
+    [--unfused] [--levels [--compare-generic]]
 """
 
 from __future__ import annotations
@@ -39,6 +46,10 @@ from natten_ext.backends import reference
 
 NAT_LEVELS = [(56, 2), (28, 4), (14, 8), (7, 16)]
 DINAT_DILATION = {56: 8, 28: 4, 14: 2, 7: 1}
+# (side, heads, dilation, blocks in NAT-Tiny, blocks in DiNAT-Tiny) at 224 px
+MODEL_LEVELS = [(56, 2, 1, 3, 2), (56, 2, 8, 0, 1), (28, 4, 1, 4, 2), (28, 4, 4, 0, 2),
+                (14, 8, 1, 18, 9), (14, 8, 2, 0, 9), (7, 16, 1, 5, 5)]  # fmt: skip
+HBM_BYTES_PER_S = 4.8e12
 
 
 def bench(fn: Callable[[], object], quick: bool = False) -> float:
@@ -327,6 +338,111 @@ def run_case(name, batch, spatial, heads, dim, ks, dil, rpb_on, opts, dtype=torc
     return row
 
 
+# ------------------------------------------------------------------------------------ levels
+def replay_ms(fn: Callable[[], object], inner: int = 10, outer: int = 9) -> float:
+    """Median GPU milliseconds of one call of ``fn``, from a CUDA graph of ``inner`` calls."""
+    replay = graphed(lambda: [fn() for _ in range(inner)])
+    replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(outer):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / inner)
+    return sorted(times)[len(times) // 2]
+
+
+def level_floor_ms(batch: int, side: int, heads: int, dim: int, elem: int) -> tuple[float, float]:
+    """Memory floors of one call (forward, backward) in ms: q, k, v read and o, lse written;
+    q, k, v, o, dO, lse read, dq, dk, dv written and delta written and read."""
+    tensor = batch * side * side * heads * dim * elem
+    rows = batch * side * side * heads * 4
+    fwd = 4 * tensor + rows
+    bwd = 8 * tensor + 3 * rows
+    return fwd / HBM_BYTES_PER_S * 1e3, bwd / HBM_BYTES_PER_S * 1e3
+
+
+def time_kernels(q, k, v, rpb, grad, window, tune: dict) -> tuple[float, float]:
+    """(forward, backward) ms of the triton backend's kernels under ``triton_fused._TUNE``."""
+    from natten_ext.backends import triton_fused
+
+    triton_fused._TUNE.clear()
+    triton_fused._TUNE.update(tune)
+    try:
+        out, lse = triton_fused.forward(q, k, v, rpb, *window)
+        fwd = replay_ms(lambda: triton_fused.forward(q, k, v, rpb, *window))
+        bwd = replay_ms(lambda: triton_fused.backward(grad, q, k, v, rpb, out, lse, *window))
+    finally:
+        triton_fused._TUNE.clear()
+    return fwd, bwd
+
+
+def run_levels(opts) -> list[dict]:
+    from natten_ext.backends import triton_fused
+
+    batch, dim, ks = 128, 32, (7, 7)
+    rows = []
+    variants = [("shipped", {})] + ([("generic", {"box": False})] if opts.compare_generic else [])
+    for side, heads, dil, n_nat, n_dinat in MODEL_LEVELS:
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        qkv = torch.randn(batch, side, side, 3, heads, dim, device="cuda", dtype=torch.bfloat16,
+                          generator=gen)  # fmt: skip
+        q, k, v = qkv.unbind(3)
+        rpb = 0.02 * torch.randn(heads, 13, 13, device="cuda", generator=gen)
+        grad = torch.randn(batch, side, side, heads, dim, device="cuda", dtype=torch.bfloat16,
+                           generator=gen)  # fmt: skip
+        window = (ks, (dil, dil), (False, False), dim**-0.5)
+        floor_f, floor_b = level_floor_ms(batch, side, heads, dim, 2)
+        plan = triton_fused._plan_for(q, rpb, ks, (dil, dil), (False, False))
+        row = {"level": f"{side}x{side}/{heads} d{dil}", "nat_blocks": n_nat,
+               "dinat_blocks": n_dinat, "kernels": "one-block" if plan["box"] else "generic",
+               "floor_fwd": floor_f, "floor_bwd": floor_b}  # fmt: skip
+        for name, tune in variants:
+            if name == "generic" and plan["box"] is None:
+                continue
+            row[f"{name}_fwd"], row[f"{name}_bwd"] = time_kernels(q, k, v, rpb, grad, window, tune)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def print_levels(rows: list[dict], compare: bool) -> None:
+    head = f"{'level':18s} {'kernels':9s} {'fwd':>7s} {'floor':>6s} {'x':>5s}"
+    head += f" {'bwd':>7s} {'floor':>6s} {'x':>5s} {'bwd/fwd':>7s}"
+    if compare:
+        head += f" {'generic fwd':>11s} {'generic bwd':>11s}"
+    print("\n" + head)
+    for r in rows:
+        f, b = r["shipped_fwd"], r["shipped_bwd"]
+        line = (f"{r['level']:18s} {r['kernels']:9s} {f:7.4f} {r['floor_fwd']:6.4f} "
+                f"{f / r['floor_fwd']:5.1f} {b:7.4f} {r['floor_bwd']:6.4f} "
+                f"{b / r['floor_bwd']:5.1f} {b / f:7.2f}")  # fmt: skip
+        if compare and "generic_fwd" in r:
+            line += f" {r['generic_fwd']:11.4f} {r['generic_bwd']:11.4f}"
+        print(line)
+    print("(ms per call, GPU time of CUDA-graph replays; x: over the memory floor at 4.8 TB/s)")
+    for model, key in (("nat_tiny", "nat_blocks"), ("dinat_tiny", "dinat_blocks")):
+        sums = {}
+        for part in ("fwd", "bwd", "floor_fwd", "floor_bwd"):
+            col = part if part.startswith("floor") else f"shipped_{part}"
+            sums[part] = sum(r[key] * r[col] for r in rows)
+        total = sums["fwd"] + sums["bwd"]
+        line = (f"{model}: NA per training step {total:.3f} ms (forward {sums['fwd']:.3f}, "
+                f"backward {sums['bwd']:.3f}, {sums['bwd'] / sums['fwd']:.2f}x); "
+                f"floor {sums['floor_fwd'] + sums['floor_bwd']:.3f} ms")  # fmt: skip
+        if compare:
+            gen = sum(
+                r[key]
+                * (r.get("generic_fwd", r["shipped_fwd"]) + r.get("generic_bwd", r["shipped_bwd"]))
+                for r in rows
+            )
+            line += f"; generic kernels {gen:.3f} ms"
+        print(line)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="write all figures to this file")
@@ -339,7 +455,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--graphs", action="store_true", help="also time fwd+bwd replayed from a CUDA graph"
     )
+    parser.add_argument(
+        "--levels", action="store_true", help="the kernels per NAT-Tiny/DiNAT-Tiny level vs floor"
+    )
+    parser.add_argument(
+        "--compare-generic", action="store_true", help="with --levels: also the generic kernels"
+    )
     opts = parser.parse_args(argv)
+    if opts.compare_generic and not opts.levels:
+        parser.error("--compare-generic needs --levels")
     if not torch.cuda.is_available():
         raise SystemExit("bench_na.py needs a CUDA device")
     groups = set(opts.only.split(","))
@@ -351,6 +475,14 @@ def main(argv: list[str] | None = None) -> None:
         "deterministic": os.environ.get("NATTEN_EXT_DETERMINISTIC", "0"),
     }
     print(json.dumps(meta), flush=True)
+    if opts.levels:
+        rows = run_levels(opts)
+        print_levels(rows, opts.compare_generic)
+        if opts.json:
+            tmp = opts.json.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"meta": meta, "levels": rows}, indent=1))
+            os.replace(tmp, opts.json)
+        return
     if "nat" in groups:
         for size, heads in NAT_LEVELS:
             rows.append(run_case(f"nat {size}x{size}/{heads}", 128, (size, size), heads, 32,

@@ -42,11 +42,13 @@ CASES = {  # name: (map side, heads, dilation)
     "din56d8": (56, 2, 8), "din28d4": (28, 4, 4), "din14d2": (14, 8, 2),
 }  # fmt: skip
 BATCH, HEAD_DIM, KERNEL = 128, 32, 7
-KERNELS = ("fwd", "dq", "dkdv")
+KERNELS = ("fwd", "dq", "dkdv", "box")
 
 
 def variants() -> list[tuple[str, str, dict]]:
-    """(kernel, timed pass, overrides); the first two are the shipped defaults."""
+    """(kernel, timed pass, overrides); the first two are the shipped defaults. The generic
+    kernels' variants turn the one-block kernels off (``box=False``), so that they are timed on
+    the dilated cases too; the ``box`` variants time the one-block kernels."""
     out = [("defaults", "fwd", {}), ("defaults", "bwd", {})]
     fwd = itertools.product([(1, 8, 2), (1, 4, 4), (1, 8, 4), (1, 4, 8)], [16, 32, 64], [1, 2, 4],
                             [2, 3])  # fmt: skip
@@ -60,6 +62,9 @@ def variants() -> list[tuple[str, str, dict]]:
                              [1, 2, 4], [1, 2])  # fmt: skip
     out += [("dkdv", "bwd", dict(tiles_dkdv=t, block_m=m, warps_dkdv=w, stages_dkdv=s))
             for t, m, w, s in dkdv]  # fmt: skip
+    out = out[:2] + [(k, p, dict(t, box=False)) for k, p, t in out[2:]]
+    box = itertools.product([(8, 8), (4, 8)], [1, 2, 4], [1, 2], ["fwd", "bwd"])
+    out += [("box", p, dict(box_tiles=t, box_warps=w, box_stages=s)) for t, w, s, p in box]
     return out
 
 

@@ -222,12 +222,22 @@ def _interpreter_main() -> None:
             failures.append(("deterministic", errors))
     from natten_ext.backends import triton_fused
 
-    triton_fused._TUNE.update(bias_dot_fwd=True, block_m=32)  # non-default kernel paths
-    errors = check_case(INTERPRETER_CASES[2], torch.float32, "cpu", seed=8)
-    triton_fused._TUNE.clear()
-    print("tuned", errors, flush=True)
-    if not max(errors.values()) < TOLERANCE[torch.float32]:
-        failures.append(("tuned", errors))
+    # non-default paths: the generic kernels on a 2-D case the one-block kernels would take,
+    # and the one-block kernels with batch runs that do not divide the batch
+    for name, tune, case in (
+        ("generic", dict(box=False, bias_dot_fwd=True, block_m=32), INTERPRETER_CASES[2]),
+        ("batch runs", dict(box_nb=2), dict(INTERPRETER_CASES[2], batch=3, head_dim=48)),
+    ):
+        assert triton_fused._plan_for(
+            torch.empty(1, *case["spatial"], 1, case["head_dim"]), None, case["kernel_size"],
+            case["dilation"], case["is_causal"],
+        )["box"] is not None  # fmt: skip
+        triton_fused._TUNE.update(tune)
+        errors = check_case(case, torch.float32, "cpu", seed=8)
+        triton_fused._TUNE.clear()
+        print(name, errors, flush=True)
+        if not max(errors.values()) < TOLERANCE[torch.float32]:
+            failures.append((name, errors))
     if failures:
         raise SystemExit(f"FAILED: {failures}")
     print("INTERPRETER OK")
@@ -245,6 +255,8 @@ _TUNE_TARGETS = {
     "warps_dq": ("dq", "num_warps"), "stages_dq": ("dq", "num_stages"),
     "tiles_dkdv": ("dkdv", ("T0", "T1", "T2")), "block_m": ("dkdv", "BLOCK_M"),
     "warps_dkdv": ("dkdv", "num_warps"), "stages_dkdv": ("dkdv", "num_stages"),
+    "box_tiles": ("box", ("T0", "T1")), "box_warps": ("box", "num_warps"),
+    "box_stages": ("box", "num_stages"),
 }  # fmt: skip
 
 
@@ -255,7 +267,7 @@ def test_tuning_script_overrides_reach_the_launches(monkeypatch):
     tune_na = load_script("tune_na")
     found = tune_na.variants()
     assert [v[0] for v in found[:2]] == ["defaults", "defaults"]
-    assert {v[0] for v in found[2:]} == {"fwd", "dq", "dkdv"}
+    assert {v[0] for v in found[2:]} == {"fwd", "dq", "dkdv", "box"}
     for side, _, dil in tune_na.CASES.values():
         sp, d = (1, side, side), (1, dil, dil)
         for kernel, _, tune in found[2:]:
@@ -263,12 +275,19 @@ def test_tuning_script_overrides_reach_the_launches(monkeypatch):
             tune_key = tuple(sorted(tune.items()))
             args = (2, (1, 7, 7), d, (False,) * 3, sp, 32, True, torch.bfloat16, False, tune_key)
             plan = triton_fused._launch_plan(*args)
+            if kernel != "box":
+                assert tune["box"] is False and plan["box"] is None
+            elif plan["box"] is None:  # a level whose key box does not fit one block
+                continue
             for key, value in tune.items():
+                if key == "box":
+                    continue
                 target, field = _TUNE_TARGETS[key]
                 assert target == kernel, (key, kernel)
-                got = plan[target]
-                got = tuple(got[f] for f in field) if isinstance(field, tuple) else got[field]
-                assert got == value, (key, value, got)
+                launches = [plan[target]] if target != "box" else plan["box"].values()
+                for got in (g for g in launches if isinstance(g, dict)):
+                    got = tuple(got[f] for f in field) if isinstance(field, tuple) else got[field]
+                    assert got == value, (key, value, got)
 
 
 def test_tuning_script_rejects_unknown_cases(capsys):
@@ -318,6 +337,16 @@ GPU_EDGE_CASES = [
          rpb=True, batch=2, heads=3, head_dim=32),
     dict(spatial=(14, 15), kernel_size=(7, 5), dilation=(2, 2), is_causal=(False, False),
          rpb=True, batch=2, heads=3, head_dim=32, noncontiguous=True),
+    # the one-block kernels (groups of at most 8x8): a head dim short of its block, causal
+    # axes, no rpb, a batch that its runs do not divide, 8x8 groups from dilation 4
+    dict(spatial=(8, 7), kernel_size=(5, 7), dilation=(1, 1), is_causal=(False, False),
+         rpb=True, batch=5, heads=2, head_dim=48),
+    dict(spatial=(16, 14), kernel_size=(3, 4), dilation=(2, 2), is_causal=(True, True),
+         rpb=False, batch=3, heads=2, head_dim=32),
+    dict(spatial=(32, 32), kernel_size=(7, 7), dilation=(4, 4), is_causal=(False, False),
+         rpb=True, batch=17, heads=2, head_dim=32, noncontiguous=True),
+    dict(spatial=(6, 22), kernel_size=(5, 7), dilation=(1, 3), is_causal=(False, False),
+         rpb=True, batch=2, heads=1, head_dim=16),
 ]  # fmt: skip
 
 
@@ -331,6 +360,8 @@ def test_edge_cases_gpu(case, dtype):
 DETERMINISTIC_CASES = [
     dict(spatial=(20, 18), kernel_size=(5, 7), dilation=(2, 1), is_causal=(False, False),
          rpb=True, batch=2, heads=2, head_dim=32),
+    dict(spatial=(14, 14), kernel_size=(7, 7), dilation=(2, 2), is_causal=(False, False),
+         rpb=True, batch=9, heads=2, head_dim=32),  # the one-block kernels
     dict(spatial=(70,), kernel_size=(9,), dilation=(3,), is_causal=(False,), rpb=True,
          batch=2, heads=2, head_dim=32),
     dict(spatial=(6, 7, 9), kernel_size=(3, 3, 5), dilation=(2, 1, 1),
@@ -339,7 +370,7 @@ DETERMINISTIC_CASES = [
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("case", DETERMINISTIC_CASES, ids=lambda c: f"{len(c['spatial'])}d")
+@pytest.mark.parametrize("case", DETERMINISTIC_CASES, ids=lambda c: "x".join(map(str, c["spatial"])))  # noqa: E501
 def test_deterministic_drpb_gpu(case, monkeypatch):
     monkeypatch.setenv("NATTEN_EXT_DETERMINISTIC", "1")
     first = check_case(case, torch.float32, "cuda", seed=3)
@@ -349,6 +380,9 @@ def test_deterministic_drpb_gpu(case, monkeypatch):
 
 
 TUNINGS = [
+    {"box": False},  # the generic kernels where the one-block kernels would serve
+    {"box_nb": 1, "box_stages": 1},
+    {"box_nb": 3, "box_tiles": (4, 8)},
     {"bias_dot_fwd": True},
     {"block_m": 32, "block_n": 32, "stages_dkdv": 2},
     # the dK/dV config before run E: 8x8 key tiles, 64 queries a step, 4 warps
@@ -365,7 +399,7 @@ def test_non_default_configs_gpu(tune, dtype, monkeypatch):
     from natten_ext.backends import triton_fused
 
     monkeypatch.setattr(triton_fused, "_TUNE", dict(tune))
-    for case in (GPU_EDGE_CASES[3], GPU_EDGE_CASES[6], GPU_CASES[3][2]):
+    for case in (GPU_EDGE_CASES[3], GPU_EDGE_CASES[6], GPU_EDGE_CASES[12], GPU_CASES[3][2]):
         _assert_close(check_case(case, dtype, "cuda", seed=11), dtype, case)
 
 
