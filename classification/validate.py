@@ -35,6 +35,7 @@ from .training.data import (
 )
 from .training.engine import autocast_for, evaluate
 from .training.model import register_zoo
+from .training.progress import Progress
 
 __all__ = ["main", "validate"]
 
@@ -147,7 +148,8 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    metrics = evaluate(model, loader, device, args.amp, args.channels_last)
+    with Progress(len(loader), "validate") as progress:  # a bar on a terminal, else quiet lines
+        metrics = evaluate(model, loader, device, args.amp, args.channels_last, progress)
     if device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start

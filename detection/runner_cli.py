@@ -101,6 +101,18 @@ def _run_reporting_file_errors(prog: str, action: Callable[[], Any]) -> Any:
         raise SystemExit(2) from None
 
 
+def _runner(cfg: Config) -> Any:
+    """mmengine's Runner for ``cfg``, with a progress bar over its test and validation loops on
+    a terminal (:class:`detection.progress_hook.EvalProgressHook`)."""
+    from mmengine.runner import Runner
+
+    from detection.progress_hook import EvalProgressHook
+
+    runner = Runner.from_cfg(cfg)
+    runner.register_hook(EvalProgressHook())
+    return runner
+
+
 def _set_amp(cfg: Config, enabled: bool) -> None:
     wrapper = cfg.optim_wrapper
     if enabled:
@@ -143,10 +155,8 @@ def train(argv: list[str] | None, registry_module: str, description: str) -> Non
             raise SystemExit("--auto-scale-lr: the config defines no auto_scale_lr.base_batch_size")
         cfg.auto_scale_lr.enable = True
 
-    from mmengine.runner import Runner
-
     _setup_cpu_distributed(cfg)
-    _run_reporting_file_errors(parser.prog, lambda: Runner.from_cfg(cfg).train())
+    _run_reporting_file_errors(parser.prog, lambda: _runner(cfg).train())
 
 
 def test(
@@ -171,10 +181,8 @@ def test(
         cfg.tta_model.module = cfg.model
         cfg.model = cfg.tta_model
 
-    from mmengine.runner import Runner
-
     _setup_cpu_distributed(cfg)
-    metrics = _run_reporting_file_errors(parser.prog, lambda: Runner.from_cfg(cfg).test())
+    metrics = _run_reporting_file_errors(parser.prog, lambda: _runner(cfg).test())
     plain = {k: v if isinstance(v, str) else float(v) for k, v in metrics.items()}
     text = json.dumps(plain, indent=2, sort_keys=True)
     print(text)

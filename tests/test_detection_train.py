@@ -3,8 +3,10 @@ data: one training iteration, COCO evaluation, checkpoint resume, the test tool 
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,6 +58,11 @@ MASK_RCNN_HEADS = {
 def coco_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("coco")
     return demo_data.generate(root, num_train=2, num_val=2, size=96, seed=1)
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
 
 
 def small_config(name: str, root: Path, work_dir: Path, epochs: int = 1) -> Config:
@@ -112,7 +119,9 @@ def test_demo_data_is_valid_coco(coco_root: Path) -> None:
         assert abs(int(mask.sum()) - ann["area"]) <= 3 * math.sqrt(ann["area"])
 
 
-def test_mask_rcnn_trains_evaluates_resumes_and_tests(coco_root: Path, tmp_path: Path) -> None:
+def test_mask_rcnn_trains_evaluates_resumes_and_tests(
+    coco_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     work = tmp_path / "mask_rcnn"
     runner = _train(small_config("mask_rcnn", coco_root, work))
     assert runner.iter == 1
@@ -133,6 +142,8 @@ def test_mask_rcnn_trains_evaluates_resumes_and_tests(coco_root: Path, tmp_path:
     from detection import test as det_test
 
     out_json = tmp_path / "metrics.json"
+    terminal = Terminal()  # on a terminal the test loop draws mmengine's progress bar
+    monkeypatch.setattr(sys, "stderr", terminal)
     det_test.main(
         [
             str(DEMO["mask_rcnn"]),
@@ -147,6 +158,7 @@ def test_mask_rcnn_trains_evaluates_resumes_and_tests(coco_root: Path, tmp_path:
     )
     saved = json.loads(out_json.read_text())
     assert 0.0 <= saved["coco/segm_mAP"] <= 1.0
+    assert "] 2/2, " in terminal.getvalue()  # the two val images
 
 
 def _cli_overrides(root: Path) -> list[str]:

@@ -11,7 +11,9 @@ pytest.importorskip("mmseg")
 
 from mmengine.runner import Runner
 
+from detection import test as det_test
 from detection import train as det_train
+from detection.progress_hook import EvalProgressHook
 from segmentation import train as seg_train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -22,6 +24,9 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> list:
     seen: list = []
 
     class FakeRunner:
+        def register_hook(self, hook, priority=None) -> None:
+            seen.append(hook)
+
         def train(self) -> None:
             seen.append("trained")
 
@@ -47,8 +52,8 @@ def test_detection_train_options(captured: list, tmp_path: Path) -> None:
             "train_dataloader.batch_size=4",
         ]
     )
-    cfg, done = captured
-    assert done == "trained"
+    cfg, hook, done = captured
+    assert isinstance(hook, EvalProgressHook) and done == "trained"
     assert cfg.optim_wrapper.type == "OptimWrapper" and "loss_scale" not in cfg.optim_wrapper
     assert cfg.resume is True and cfg.load_from is None and cfg.work_dir == str(tmp_path)
     assert cfg.train_dataloader.batch_size == 4 and cfg.launcher == "none"
@@ -86,6 +91,9 @@ def test_unreadable_backbone_weights_end_the_command_in_one_line(
     message = f"checkpoint file {tmp_path / 'nat_mini.pth'} cannot be read: it is empty (0 bytes)"
 
     class FailingRunner:
+        def register_hook(self, hook, priority=None) -> None:
+            pass
+
         def train(self) -> None:
             raise CheckpointFileError(message)
 
@@ -97,3 +105,25 @@ def test_unreadable_backbone_weights_end_the_command_in_one_line(
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].endswith(f": error: {message}")
+
+
+def test_test_command_runs_with_the_progress_hook(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys
+) -> None:
+    """nat-det-test / nat-seg-test register EvalProgressHook on the Runner before testing."""
+    calls: list = []
+
+    class FakeRunner:
+        def register_hook(self, hook, priority=None) -> None:
+            calls.append(hook)
+
+        def test(self) -> dict:
+            calls.append("tested")
+            return {"coco/bbox_mAP": 0.5}
+
+    monkeypatch.setattr(Runner, "from_cfg", staticmethod(lambda cfg: FakeRunner()))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    config = CONFIGS / "detection/demo/mask_rcnn_nat_mini_demo.py"
+    det_test.main([str(config), str(tmp_path / "w.pth"), "--work-dir", str(tmp_path)])
+    assert len(calls) == 2 and isinstance(calls[0], EvalProgressHook) and calls[1] == "tested"
+    assert '"coco/bbox_mAP": 0.5' in capsys.readouterr().out

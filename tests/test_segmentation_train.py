@@ -3,7 +3,9 @@ iteration, mIoU evaluation, the test tool (single and multi-scale) and the demo.
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +37,11 @@ SMALL = {
 }
 
 
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
 @pytest.fixture(scope="module")
 def ade_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return demo_data.generate(tmp_path_factory.mktemp("ade"), num_train=2, num_val=2, size=64)
@@ -56,7 +63,9 @@ def test_demo_data_layout(ade_root: Path) -> None:
     assert Image.open(images[0]).size == label.shape[::-1]
 
 
-def test_upernet_trains_evaluates_and_tests(ade_root: Path, tmp_path: Path) -> None:
+def test_upernet_trains_evaluates_and_tests(
+    ade_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg = Config.fromfile(DEMO)
     cfg.merge_from_dict({**SMALL, **_data_options(ade_root)})
     for loader in (cfg.train_dataloader, cfg.val_dataloader):
@@ -85,6 +94,8 @@ def test_upernet_trains_evaluates_and_tests(ade_root: Path, tmp_path: Path) -> N
     cli = [f"{k}={v}".replace(" ", "") for k, v in options.items()]
     for extra in ([], ["--tta"]):
         out_json = tmp_path / f"metrics{len(extra)}.json"
+        terminal = Terminal()  # on a terminal the test loop draws mmengine's progress bar
+        monkeypatch.setattr(sys, "stderr", terminal)
         seg_test.main(
             [
                 str(DEMO),
@@ -100,6 +111,7 @@ def test_upernet_trains_evaluates_and_tests(ade_root: Path, tmp_path: Path) -> N
         )
         miou = json.loads(out_json.read_text())["mIoU"]
         assert 0.0 <= miou <= 100.0
+        assert "] 2/2, " in terminal.getvalue()  # the two val images
 
 
 def test_demo_writes_png_with_prediction(ade_root: Path, tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """nat-train's optional features on CPU, with the tiny NAT and images of tests/test_train.py:
 model EMA (saved, restored on resume, evaluated by nat-validate --ema), bf16 / fp16 autocast with
 the gradient scaler, channels-last, torch.compile, offline Weights & Biases logging, and
-scripts/plot_run.py."""
+the curves nat-visualize draws from the run logs."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import test_train
 import torch
-from scripts_loader import load_script
 from test_train import _train
 
 from classification import train as train_cli
@@ -341,19 +340,29 @@ def test_training_without_wandb_installed(
     assert not (run / "wandb").exists() and not (run / "wandb_id.txt").exists()
 
 
-# ----------------------------------------------------------------------------------- plot_run
-def test_plot_run_writes_a_png(ema_run: Path, plain_run: Path, tmp_path: Path, capsys) -> None:
+# ------------------------------------------------------------------------------ nat-visualize run
+def test_run_curves_of_real_runs(ema_run: Path, plain_run: Path, tmp_path: Path, capsys) -> None:
+    """nat-visualize run on two nat-train runs: a PNG beside nothing else, each run's curves in
+    each panel in its colour, the EMA run's EMA top-1 too."""
     pytest.importorskip("matplotlib")
+    import numpy as np
     from PIL import Image
 
-    plot_run = load_script("plot_run")
+    from classification.visualize import cli, runs
+
     out = tmp_path / "plots" / "curves.png"
-    assert plot_run.main([str(ema_run), str(plain_run), "--out", str(out)]) == 0
+    assert cli.main(["run", str(ema_run), str(plain_run), "--out", str(out)]) == 0
     assert str(out) in capsys.readouterr().out
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    image = Image.open(out).convert("RGB")
-    assert image.size == (1320, 840)  # 11 x 7 inches at 120 dpi
-    assert len(image.getcolors(maxcolors=1 << 20)) > 50  # curves were drawn, not a blank page
     assert [p.name for p in out.parent.iterdir()] == ["curves.png"]  # no temporary left
-    with pytest.raises(SystemExit, match=r"no steps\.csv"):
-        plot_run.main([str(tmp_path / "plots")])
+    pic = np.asarray(Image.open(out).convert("RGB"))
+    result = runs.draw_runs([ema_run, plain_run], tmp_path / "again.png")
+    assert np.array_equal(pic, np.asarray(Image.open(result.path).convert("RGB")))
+    assert pic.shape == (runs.HEIGHT, runs.WIDTH, 3) and list(result.colours) == ["ema", "plain"]
+    for title, box in result.panels.items():
+        panel = box.crop(pic).astype(int)
+        for colour in result.colours.values():
+            rgb = np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)])
+            assert (np.abs(panel - rgb) <= 12).all(-1).sum() > 20, (title, colour)
+    assert cli.main(["run", str(tmp_path / "plots")]) == 2
+    assert "no steps.csv" in capsys.readouterr().err

@@ -46,6 +46,7 @@ from .distributed import (
 )
 from .model import build_model, count_parameters
 from .optim import build_optimizer, build_scheduler
+from .progress import Progress
 from .rundir import RunLock, check_fresh_run_dir, remove_stale_temporaries
 from .runlog import EPOCH_FIELDS, RunLogger, truncate_csv
 
@@ -73,8 +74,10 @@ def evaluate(
     device: torch.device,
     amp: str = "none",
     channels_last: bool = False,
+    progress: Progress | None = None,
 ) -> dict[str, float]:
-    """Top-1 / top-5 (%) and cross-entropy over the loader, summed across ranks."""
+    """Top-1 / top-5 (%) and cross-entropy over the loader, summed across ranks; ``progress``
+    advances by one step per batch."""
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, count
     for images, target in loader:
@@ -98,6 +101,8 @@ def evaluate(
             dtype=torch.float64,
             device=device,
         )
+        if progress is not None:
+            progress.update()
     all_reduce_sum(totals)
     count = max(totals[3].item(), 1.0)
     return {
@@ -225,34 +230,6 @@ class _StopRequest:
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-class _Progress:
-    """A tqdm bar on rank 0 (a no-op elsewhere or when disabled)."""
-
-    def __init__(self, enabled: bool, total: int, epoch: int, epochs: int) -> None:
-        self.bar = None
-        if enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(
-                total=total,
-                desc=f"epoch {epoch + 1}/{epochs}",
-                dynamic_ncols=True,
-                mininterval=1.0,
-                leave=False,
-                file=sys.stderr,
-            )
-
-    def update(self, **postfix: Any) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-            if postfix:
-                self.bar.set_postfix(postfix, refresh=False)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def _batches(loader, device: torch.device, channels_last: bool) -> Iterator[tuple[Any, Any]]:
@@ -615,11 +592,10 @@ class Trainer:
                 self.loaders.train_sampler.set_epoch(epoch, skip=sampler_skip)
                 batches = _batches(self.loaders.train, info.device, cfg["train"]["channels_last"])
                 self.model.train()
-                bar = _Progress(
-                    info.is_main and cfg["logging"]["progress"],
+                bar = Progress(
                     self.spe - done,
-                    epoch,
-                    self.total_epochs,
+                    f"epoch {epoch + 1}/{self.total_epochs}",
+                    enabled=info.is_main and cfg["logging"]["progress"],
                 )
                 t_log, steps_since_log = time.perf_counter(), 0
                 for _ in range(self.spe - done):
@@ -708,10 +684,14 @@ class Trainer:
 
     def _evaluate(self) -> dict[str, Any]:
         amp, cl = self.cfg["train"]["amp"], self.cfg["train"]["channels_last"]
-        metrics = evaluate(self.model, self.loaders.val, self.info.device, amp, cl)
+        show = self.info.is_main and self.cfg["logging"]["progress"]
+        val = self.loaders.val
+        with Progress(len(val), "validate", enabled=show) as bar:
+            metrics = evaluate(self.model, val, self.info.device, amp, cl, bar)
         out = {"val_loss": metrics["loss"], "top1": metrics["top1"], "top5": metrics["top5"]}
         if self.ema is not None:
-            ema = evaluate(self.ema.module, self.loaders.val, self.info.device, amp, cl)
+            with Progress(len(val), "validate (EMA)", enabled=show) as bar:
+                ema = evaluate(self.ema.module, val, self.info.device, amp, cl, bar)
             out.update(ema_val_loss=ema["loss"], ema_top1=ema["top1"], ema_top5=ema["top5"])
         return out
 
