@@ -34,6 +34,9 @@ DEFAULTS: dict[str, Any] = {
         "pretrained": False,  # start from the zoo's published weights
         "init_checkpoint": None,  # file or URL to start from (fine-tunes); head dropped on mismatch
         "init_num_classes": None,  # classes of init_checkpoint's head (e.g. 21841 for IN-22K)
+        # false: load the tensors of init_checkpoint that fit and warn about the rest (by default
+        # anything the model needs and the file lacks, but a head, is an error)
+        "init_strict": True,
         "num_classes": None,  # None: the number of class folders in the training split
         "drop_path_rate": 0.2,
         "kwargs": {},  # free-form: passed to the model constructor (embed_dim, depths, ...)
