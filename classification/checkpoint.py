@@ -332,7 +332,7 @@ def check_fit(
     model: nn.Module,
     strict: bool = True,
     source: str | None = None,
-    hint: str = "pass pretrained_strict=False to load the tensors that fit",
+    hint: str = "pretrained_strict=False (timm.create_model) loads the tensors that fit",
 ) -> dict[str, Tensor]:
     """``state_dict`` if it fits ``model`` exactly; else raise :class:`CheckpointMismatchError`
     (one line: counts and first keys), or with ``strict=False`` log that line as a warning and
@@ -340,12 +340,12 @@ def check_fit(
     missing, unexpected, shapes = mismatch(model, state_dict)
     if not (missing or unexpected or shapes):
         return state_dict
+    own = model.state_dict()
     what = f"checkpoint {source}" if source else "the checkpoint"
-    summary = describe_mismatch(missing, unexpected, shapes, len(model.state_dict()))
+    summary = describe_mismatch(missing, unexpected, shapes, len(own))
     if strict:
         raise CheckpointMismatchError(f"{what} does not fit {_model_name(model)}: {summary}", hint)
     _logger.warning(f"Loading {what} into {_model_name(model)} non-strictly: {summary}")
-    own = model.state_dict()
     return {k: v for k, v in state_dict.items() if k in own and v.shape == own[k].shape}
 
 

@@ -57,9 +57,13 @@ def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 
 def test_offline_pretrained_is_one_line_naming_file_and_cache(
-    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys
+    tmp_path: Path, config: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     cache = _offline(monkeypatch, tmp_path)
+    assert _train(config, data_dir, tmp_path / "run", "--set", "model.pretrained=true") == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith("nat-train: error:")
+    assert "nat_mini.pth" in line and str(cache) in line
     args = ["--model", "nat_mini", "--pretrained", "--data", str(data_dir), "--workers", "0",
             "--model-kwargs", TINY_KWARGS, "--num-classes", "10"]  # fmt: skip
     assert validate_cli.main(args) == 2
@@ -117,3 +121,25 @@ def test_validate_sizes_its_workers_to_the_machine(
         warnings.simplefilter("always")
         validate_cli.validate(args)
     assert not [w for w in seen if "worker" in str(w.message)], [str(w.message) for w in seen]
+
+
+def test_offline_hugging_face_weights_name_the_hub_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    import timm
+    import timm.models._builder as builder
+    from huggingface_hub.constants import HF_HUB_CACHE
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from classification.pretrained import WeightsDownloadError
+
+    def offline(*args, **kwargs):
+        raise LocalEntryNotFoundError("cannot reach the Hub and the file is not in the cache")
+
+    monkeypatch.setattr(builder, "load_state_dict_from_hf", offline)
+    overlay = dict(hf_hub_id="someone/nat-mini", url=None)
+    with pytest.raises(WeightsDownloadError) as info:
+        timm.create_model(
+            "nat_mini", pretrained=True, pretrained_cfg_overlay=overlay, **json.loads(TINY_KWARGS)
+        )
+    message = str(info.value)
+    assert "\n" not in message and "someone/nat-mini" in message
+    assert f"Hugging Face cache ({HF_HUB_CACHE})" in message
