@@ -2,8 +2,10 @@
 
 - :func:`checkpoint_filter_fn` is timm's ``pretrained_filter_fn`` for every family: it unwraps
   training checkpoints, converts the HF layout, resizes ``rpb`` tables bicubically to the model's
-  kernel size, drops a classifier head of another class count (with a log line) and refreshes the
-  ``relative_position_index`` buffer of a ViT-rpb built for another resolution.
+  kernel size, drops a classifier head of another size (with a warning naming both sizes),
+  refreshes the ``relative_position_index`` buffer of a ViT-rpb built for another resolution and
+  checks the result against the model (:func:`check_fit`: missing, unknown or other-shape
+  tensors are an error, counted in one line, unless ``strict=False``).
 - :func:`hf_to_original` / :func:`original_to_hf` convert between the key layouts
   (HF ``NatModel``/``DinatModel``: separate query/key/value, ``layer_scale_parameters`` (2, dim)).
 - :func:`load_checkpoint_file` (``weights_only=True``) and :func:`save_state_dict` (atomic) read
@@ -30,13 +32,18 @@ from .atomic import atomic_write
 
 __all__ = [
     "CheckpointFileError",
+    "CheckpointMismatchError",
+    "check_fit",
     "checkpoint_filter_fn",
     "describe_error",
+    "describe_mismatch",
+    "fit_state_dict",
     "forget_overlay_state_dict",
     "hf_to_original",
     "is_hf_layout",
     "load_checkpoint_file",
     "load_pretrained_file",
+    "mismatch",
     "original_to_hf",
     "read_checkpoint",
     "read_file_overlay",
@@ -237,26 +244,137 @@ def _fit_to_model(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, 
         elif k.endswith("relative_position_index") and k in buffers and v.shape != buffers[k].shape:
             v = buffers[k].clone()  # built for another resolution: the model's own index is right
         out[k] = v
-    head = params.get("head.weight")
-    if "head.weight" in out and (head is None or out["head.weight"].shape != head.shape):
-        have = out["head.weight"].shape[0]
-        want = 0 if head is None else head.shape[0]
-        _logger.warning(
-            f"Dropping the checkpoint's classifier head ({have} classes): the model has "
-            f"{want} classes; the head keeps its fresh initialisation."
-        )
-        out.pop("head.weight")
-        out.pop("head.bias", None)
     return out
 
 
-def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dict[str, Tensor]:
-    """timm ``pretrained_filter_fn``: any supported checkpoint -> the model's original keys."""
+def _fit_head(state_dict: dict[str, Tensor], model: nn.Module) -> None:
+    """Keep a head that fits the model; otherwise say why (WARNING) and give the model's own
+    freshly initialised head instead, so that a strict load still matches every key."""
+    params = dict(model.named_parameters())
+    head = params.get("head.weight")
+    theirs = state_dict.get("head.weight")
+    if theirs is not None and head is not None and theirs.shape == head.shape:
+        # timm drops a head whenever its pretrained cfg's class count differs from the model's:
+        # the weights' own count is the one that matters
+        cfg = getattr(model, "pretrained_cfg", None)
+        if isinstance(cfg, dict):
+            cfg["num_classes"] = head.shape[0]
+        return
+    if theirs is None and head is None:
+        return
+    if theirs is None:
+        _logger.warning(
+            f"The checkpoint has no classifier head: the model's head ({head.shape[0]} classes) "
+            f"keeps its fresh initialisation."
+        )
+    else:
+        widths = head is not None and head.shape[1] != theirs.shape[1]
+        want = "no head (num_classes=0)" if head is None else _head_size(head, widths)
+        _logger.warning(
+            f"Dropping the checkpoint's classifier head ({_head_size(theirs, widths)}): the "
+            f"model has {want}; the model's head keeps its fresh initialisation."
+        )
+    state_dict.pop("head.weight", None)
+    state_dict.pop("head.bias", None)
+    if head is not None:
+        state_dict["head.weight"] = head.detach()
+        if "head.bias" in params:
+            state_dict["head.bias"] = params["head.bias"].detach()
+
+
+def _head_size(weight: Tensor, features: bool) -> str:
+    return f"{weight.shape[0]} classes" + (f" of {weight.shape[1]} features" if features else "")
+
+
+def mismatch(
+    model: nn.Module, state_dict: Mapping[str, Tensor]
+) -> tuple[list[str], list[str], list[str]]:
+    """(missing, unexpected, other-shape) keys of ``state_dict`` against the model's own state
+    dict, each in the model's (or the file's) order."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
+    return missing, unexpected, shapes
+
+
+def describe_mismatch(
+    missing: list[str], unexpected: list[str], shapes: list[str], total: int, first: int = 3
+) -> str:
+    """One line: how many keys are missing / unexpected / of other shapes, and the first few."""
+
+    def part(items: list[str], what: str) -> str:
+        shown = ", ".join(items[:first]) + (", ..." if len(items) > first else "")
+        return f"{len(items)} {what} (first: {shown})"
+
+    parts = []
+    if missing:
+        parts.append(part(missing, f"of the model's {total} tensors are missing from it"))
+    if unexpected:
+        parts.append(part(unexpected, "tensors are not in the model"))
+    if shapes:
+        parts.append(part(shapes, "tensors have other shapes, checkpoint vs model"))
+    return "; ".join(parts)
+
+
+def _model_name(model: nn.Module) -> str:
+    cfg = getattr(model, "pretrained_cfg", None)
+    name = cfg.get("architecture") if isinstance(cfg, dict) else None
+    return name or type(model).__name__
+
+
+def check_fit(
+    state_dict: dict[str, Tensor],
+    model: nn.Module,
+    strict: bool = True,
+    source: str | None = None,
+    hint: str = "pretrained_strict=False (timm.create_model) loads the tensors that fit",
+) -> dict[str, Tensor]:
+    """``state_dict`` if it fits ``model`` exactly; else raise :class:`CheckpointMismatchError`
+    (one line: counts and first keys), or with ``strict=False`` log that line as a warning and
+    return only the tensors that fit."""
+    missing, unexpected, shapes = mismatch(model, state_dict)
+    if not (missing or unexpected or shapes):
+        return state_dict
+    own = model.state_dict()
+    what = f"checkpoint {source}" if source else "the checkpoint"
+    summary = describe_mismatch(missing, unexpected, shapes, len(own))
+    if strict:
+        raise CheckpointMismatchError(f"{what} does not fit {_model_name(model)}: {summary}", hint)
+    _logger.warning(f"Loading {what} into {_model_name(model)} non-strictly: {summary}")
+    return {k: v for k, v in state_dict.items() if k in own and v.shape == own[k].shape}
+
+
+def checkpoint_filter_fn(
+    state_dict: Mapping[str, Any],
+    model: nn.Module,
+    strict: bool = True,
+    source: str | None = None,
+) -> dict[str, Tensor]:
+    """timm ``pretrained_filter_fn``: any supported checkpoint -> the model's original keys.
+
+    The result fits the model exactly (a head of another size is replaced by the model's own,
+    with a warning); anything else the model expects and the file lacks, or the file has and
+    the model lacks, raises :class:`CheckpointMismatchError` naming ``source``, unless
+    ``strict=False``, which keeps the tensors that fit.
+    """
+    return check_fit(fit_state_dict(state_dict, model), model, strict, source)
+
+
+def fit_state_dict(state_dict: Mapping[str, Any], model: nn.Module) -> dict[str, Tensor]:
+    """The first steps of :func:`checkpoint_filter_fn`, without the final check: unwrap,
+    convert the HF layout, resize rpb tables, refresh index buffers, fit the head."""
     sd = unwrap_state_dict(state_dict)
     if is_hf_layout(sd):
         _logger.info("Converting a Hugging Face transformers NAT/DiNAT state dict")
         sd = hf_to_original(sd)
-    return _fit_to_model(sd, model)
+    sd = _fit_to_model(sd, model)
+    _fit_head(sd, model)
+    return sd
 
 
 # -------------------------------------------------------------------------------------- files
@@ -265,6 +383,16 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dic
 class CheckpointFileError(ValueError):
     """A weights file exists but cannot be used (empty, truncated, not a checkpoint, or holding
     objects that weights-only loading refuses); the message names the file."""
+
+
+class CheckpointMismatchError(CheckpointFileError):
+    """A checkpoint's tensors do not fit the model: keys missing from it or unknown to the model,
+    or tensors of other shapes; the message counts them and names the first few. ``problem`` is
+    the message without the hint on how to load it anyway."""
+
+    def __init__(self, problem: str, hint: str) -> None:
+        super().__init__(f"{problem}; {hint}")
+        self.problem = problem
 
 
 def describe_error(err: BaseException) -> str:
@@ -339,17 +467,21 @@ def save_state_dict(state_dict: Mapping[str, Tensor], path: str | os.PathLike[st
 def read_file_overlay(pretrained: bool, kwargs: dict[str, Any]) -> str | None:
     """For the zoo's model constructors: when weights come from a local file (timm's
     ``pretrained_cfg_overlay=dict(file=...)``), read it here, with clear errors, and hand timm
-    the state dict instead; returns the file (None when there is nothing to read)."""
+    the state dict instead, with its head's class count as the pretrained cfg's ``num_classes``
+    unless the overlay gives one; returns the file (None when there is nothing to read)."""
     overlay = kwargs.get("pretrained_cfg_overlay")
     if not pretrained or not isinstance(overlay, Mapping) or not overlay.get("file"):
         return None
     if overlay.get("state_dict") is not None:
         return None
     file = str(overlay["file"])
+    state_dict = load_checkpoint_file(file)
+    head = state_dict.get("head.weight", state_dict.get("classifier.weight"))
     kwargs["pretrained_cfg_overlay"] = {
+        **({"num_classes": head.shape[0]} if head is not None and head.dim() == 2 else {}),
         **overlay,
         "file": None,
-        "state_dict": load_checkpoint_file(file),
+        "state_dict": state_dict,
     }
     return file
 
@@ -366,8 +498,8 @@ def forget_overlay_state_dict(model: nn.Module, file: str | None) -> None:
 def load_pretrained_file(
     model: nn.Module, path: str | os.PathLike[str], strict: bool = True
 ) -> Any:
-    """Load any supported checkpoint file into ``model`` (through :func:`checkpoint_filter_fn`).
-
-    For backbones whose keys are a subset of the classifier's, pass ``strict=False``.
-    """
-    return model.load_state_dict(checkpoint_filter_fn(load_checkpoint_file(path), model), strict)
+    """Load any supported checkpoint file into ``model`` (through :func:`checkpoint_filter_fn`,
+    which raises :class:`CheckpointMismatchError` when it does not fit); ``strict=False`` loads
+    the tensors that fit."""
+    state_dict = checkpoint_filter_fn(load_checkpoint_file(path), model, strict, str(path))
+    return model.load_state_dict(state_dict, strict)

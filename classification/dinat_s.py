@@ -14,13 +14,12 @@ from typing import Any
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import PatchEmbed
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models.swin_transformer import PatchMerging
 from torch import nn
 
 from natten_ext.fast_linear import FastLinear
 
-from .checkpoint import checkpoint_filter_fn, forget_overlay_state_dict, read_file_overlay
 from .dilation import D224, D384
 from .fast_layernorm import FastLayerNorm
 from .layers import (
@@ -30,6 +29,7 @@ from .layers import (
     materialize,
     pretrained_tag_defaults,
 )
+from .pretrained import build_zoo_model
 
 __all__ = ["DiNAT_s"]
 
@@ -122,18 +122,7 @@ class DiNAT_s(HierarchicalMixin, nn.Module):
 
 
 def _create_dinat_s(variant: str, pretrained: bool = False, **kwargs: Any) -> DiNAT_s:
-    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    weights_file = read_file_overlay(pretrained, kwargs)  # clear errors for a bad file
-    model = build_model_with_cfg(
-        DiNAT_s,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
-        **kwargs,
-    )
-    forget_overlay_state_dict(model, weights_file)
-    return model
+    return build_zoo_model(DiNAT_s, variant, pretrained, (0, 1, 2, 3), **kwargs)
 
 
 def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:

@@ -17,7 +17,6 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import PatchEmbed, trunc_normal_
 from timm.models import (
-    build_model_with_cfg,
     generate_default_cfgs,
     register_model,
     register_notrace_function,
@@ -28,9 +27,9 @@ from torch import Tensor, nn
 
 from natten_ext.fast_linear import FastLinear
 
-from .checkpoint import checkpoint_filter_fn, forget_overlay_state_dict, read_file_overlay
 from .fast_layernorm import FastLayerNorm
 from .layers import ClassifierMixin, NATransformerBlock, materialize
+from .pretrained import build_zoo_model
 
 __all__ = ["GlobalAttentionRPB", "NATIsotropic"]
 
@@ -279,18 +278,7 @@ class NATIsotropic(ClassifierMixin, nn.Module):
 
 
 def _create_isotropic(variant: str, pretrained: bool = False, **kwargs: Any) -> NATIsotropic:
-    out_indices = kwargs.pop("out_indices", (2, 5, 8, 11))
-    weights_file = read_file_overlay(pretrained, kwargs)  # clear errors for a bad file
-    model = build_model_with_cfg(
-        NATIsotropic,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
-        **kwargs,
-    )
-    forget_overlay_state_dict(model, weights_file)
-    return model
+    return build_zoo_model(NATIsotropic, variant, pretrained, (2, 5, 8, 11), **kwargs)
 
 
 def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:

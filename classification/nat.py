@@ -13,12 +13,11 @@ from typing import Any
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from torch import Tensor, nn
 
 from natten_ext.fast_linear import FastLinear
 
-from .checkpoint import checkpoint_filter_fn, forget_overlay_state_dict, read_file_overlay
 from .dilation import D224, D384
 from .fast_layernorm import FastLayerNorm
 from .layers import (
@@ -28,6 +27,7 @@ from .layers import (
     materialize,
     pretrained_tag_defaults,
 )
+from .pretrained import build_zoo_model
 
 __all__ = ["NAT", "ConvDownsampler", "ConvTokenizer", "DiNAT"]
 
@@ -39,11 +39,14 @@ def cpu_conv_layout(x: Tensor, weight: Tensor) -> Tensor:
     oneDNN converts whichever of input and weight is not in the layout it runs on, on every
     call: channels-last input makes it reorder the weight, NCHW input the activation. The smaller
     copy wins (measured at batch 1: the stem runs 1.8x faster channels-last, the 14x14 -> 7x7
-    downsampler 2.6x faster NCHW). Other devices get ``x`` as it is.
+    downsampler 2.6x faster NCHW). A graph traced with a symbolic batch (``torch.export`` with a
+    dynamic batch) decides from one sample's size, so that the choice puts no guard on the batch.
+    Other devices get ``x`` as it is.
     """
     if x.device.type != "cpu":
         return x
-    if weight.numel() > x.numel():
+    size = x.numel() if isinstance(x.shape[0], int) else x[0].numel()
+    if weight.numel() > size:
         return x.contiguous()
     return x.contiguous(memory_format=torch.channels_last)
 
@@ -174,18 +177,7 @@ DiNAT = NAT  # DiNAT is NAT with dilations: one definition.
 
 
 def _create_nat(variant: str, pretrained: bool = False, **kwargs: Any) -> NAT:
-    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    weights_file = read_file_overlay(pretrained, kwargs)  # clear errors for a bad file
-    model = build_model_with_cfg(
-        NAT,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
-        **kwargs,
-    )
-    forget_overlay_state_dict(model, weights_file)
-    return model
+    return build_zoo_model(NAT, variant, pretrained, (0, 1, 2, 3), **kwargs)
 
 
 def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:

@@ -23,7 +23,8 @@ import timm
 import torch
 from timm.data import resolve_data_config
 
-from .checkpoint import CheckpointFileError, read_checkpoint, unwrap_state_dict
+from .checkpoint import CheckpointFileError, check_fit, read_checkpoint, unwrap_state_dict
+from .pretrained import WeightsDownloadError
 from .training.checkpoint import FORMAT, CheckpointError, atomic_write
 from .training.data import (
     SYNTHETIC,
@@ -32,6 +33,7 @@ from .training.data import (
     eval_transform,
     find_split,
     image_folder,
+    resolve_workers,
 )
 from .training.engine import autocast_for, evaluate
 from .training.model import register_zoo
@@ -98,6 +100,11 @@ def build_for_validation(args: argparse.Namespace, num_classes: int | None):
     else:
         model = timm.create_model(name, pretrained=args.pretrained, **create)
         if state_dict is not None:
+            hint = "give the --model it was trained with, or leave --model out"
+            try:
+                state_dict = check_fit(state_dict, model, True, str(path), hint)
+            except CheckpointFileError as err:
+                raise CheckpointFileError(f"--checkpoint: {err}") from err
             model.load_state_dict(state_dict)
     return model, name, hints
 
@@ -131,11 +138,20 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
                 f"--data: {classes} class folders but the model has {num_classes} "
                 f"outputs (set --num-classes)"
             )
+        if classes and num_classes and classes < num_classes:
+            print(
+                f"nat-validate: warning: --data has {classes} class folders, the model "
+                f"{num_classes} classes: labels are the folders' indices 0-{classes - 1} in "
+                f"sorted order, so the metrics mean something only if those are the model's "
+                f"first {classes} classes",
+                file=sys.stderr,
+                flush=True,
+            )
     loader = checked_loader(
         dataset,
         skip=args.skip_corrupt,
         batch_size=args.batch_size,
-        num_workers=args.workers,
+        num_workers=resolve_workers(args.workers, device.type),
         pin_memory=device.type == "cuda",
     )
     if args.compile:
@@ -196,7 +212,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--crop-pct", type=float, help="centre-crop fraction (default: the model's)")
     p.add_argument("--interpolation", choices=("bilinear", "bicubic", "nearest"))
     p.add_argument("--batch-size", "-b", type=int, default=128)
-    p.add_argument("--workers", "-j", type=int, default=4)
+    p.add_argument(
+        "--workers",
+        "-j",
+        default="auto",
+        help="data loader processes, or auto (default): sized to the machine as nat-train does",
+    )
     p.add_argument("--amp", choices=("bf16", "fp16", "none"), default="none")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--channels-last", action="store_true")
@@ -214,8 +235,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if args.workers < 0:
-        p.error(f"--workers must be >= 0, got {args.workers}")
+    if args.workers != "auto":
+        workers = int(args.workers) if args.workers.isdigit() else -1
+        if workers < 0:
+            p.error(f"--workers must be an int >= 0 or auto, got {args.workers!r}")
+        args.workers = workers
     if args.crop_pct is not None and not 0 < args.crop_pct <= 1:
         p.error(f"--crop-pct must be in (0, 1], got {args.crop_pct}")
     return args
@@ -225,7 +249,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         result = validate(args)
-    except (CheckpointError, FileNotFoundError, ValueError, RuntimeError) as err:
+    except (
+        CheckpointError,
+        FileNotFoundError,
+        ValueError,
+        RuntimeError,
+        WeightsDownloadError,
+    ) as err:
         print(f"nat-validate: error: {err}", file=sys.stderr)
         return 2
     print(

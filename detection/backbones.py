@@ -8,9 +8,11 @@ inside a detector, as in the published detection/segmentation checkpoints. It ad
 level's blocks and before its downsampler.
 
 ``init_cfg=dict(type='Pretrained', checkpoint=PATH_OR_URL)`` loads a classification checkpoint
-in the original (or Hugging Face) format, non-strictly: its ``norm``/``head`` are ignored, rpb
-tables are resized when kernel sizes differ, and ``prefix='backbone.'`` takes the backbone out of a
-detector/segmentor checkpoint. URLs are downloaded to torch's hub cache and read, like local
+in the original (or Hugging Face) format: its final ``norm`` and ``head`` are left out, the output
+norms keep their initialisation, rpb tables are resized when kernel sizes differ, and
+``prefix='backbone.'`` takes the backbone out of a detector/segmentor checkpoint. A file that
+matches none of the backbone's tensors, or lacks stage weights, is an error (``strict=False`` in
+the init_cfg loads what fits). URLs are downloaded to torch's hub cache and read, like local
 files, with ``weights_only=True``. A file that cannot be read raises
 :class:`classification.checkpoint.CheckpointFileError` naming it.
 
@@ -29,9 +31,13 @@ from torch import Tensor, nn
 
 from classification.checkpoint import (
     CheckpointFileError,
-    checkpoint_filter_fn,
+    check_fit,
     describe_error,
+    fit_state_dict,
+    hf_to_original,
+    is_hf_layout,
     load_checkpoint_file,
+    mismatch,
     unwrap_state_dict,
 )
 from classification.dinat_s import DiNAT_s
@@ -131,7 +137,9 @@ class _HierarchicalBackbone(BaseModule):
     def init_weights(self) -> None:
         cfg = self.init_cfg
         if isinstance(cfg, dict) and cfg.get("type") == "Pretrained":
-            load_classification_weights(self, cfg["checkpoint"], prefix=cfg.get("prefix"))
+            load_classification_weights(
+                self, cfg["checkpoint"], prefix=cfg.get("prefix"), strict=cfg.get("strict", True)
+            )
             self._is_init = True
         else:
             super().init_weights()
@@ -149,34 +157,57 @@ def _read_checkpoint(checkpoint: str) -> dict[str, Tensor]:
 
 
 def load_classification_weights(
-    backbone: _HierarchicalBackbone, checkpoint: str, prefix: str | None = None
+    backbone: _HierarchicalBackbone,
+    checkpoint: str,
+    prefix: str | None = None,
+    strict: bool = True,
 ) -> tuple[list[str], list[str]]:
-    """Load a classification checkpoint (path or URL) into ``backbone`` non-strictly.
+    """Load a classification checkpoint (path or URL) into ``backbone``.
 
     ``prefix`` (e.g. ``"backbone."``) selects and strips the keys of a detector/segmentor
-    checkpoint. Returns (missing, unexpected) keys beyond the expected ones (the backbone's output
-    norms missing; the classifier's ``norm``/``head`` unexpected), which are logged as warnings.
+    checkpoint. The classifier's final ``norm`` and ``head`` are left out and the backbone's
+    output norms keep their initialisation when the file has none: both are expected. A file
+    that matches none of the backbone's tensors is an error; so is one that lacks any other of
+    them (stage weights) or holds tensors the backbone does not have, unless ``strict=False``,
+    which loads the tensors that fit and warns about the rest. Returns (missing, unexpected).
     """
+    name = type(backbone).__name__
     state = _read_checkpoint(str(checkpoint))
     if prefix:
         state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         if not state:
             raise ValueError(f"checkpoint {checkpoint} has no key starting with prefix {prefix!r}")
+    if is_hf_layout(state):
+        state = hf_to_original(state)
     state = {k: v for k, v in state.items() if not k.startswith(("head.", "norm."))}
-    state = checkpoint_filter_fn(state, backbone)
-    result = backbone.load_state_dict(state, strict=False)
-    norm_keys = tuple(f"norm{i}." for i in backbone.out_indices)
-    missing = [k for k in result.missing_keys if not k.startswith(norm_keys)]
-    unexpected = list(result.unexpected_keys)
-    logger = MMLogger.get_current_instance()
-    print_log(f"loaded {checkpoint} into {type(backbone).__name__}", logger=logger)
-    if missing or unexpected:
-        print_log(
-            f"{type(backbone).__name__}: missing keys {missing}, unexpected keys {unexpected}",
-            logger=logger,
-            level=30,
+    own = backbone.state_dict()
+    if not any(k in own for k in state):
+        shown = ", ".join(list(state)[:3])
+        raise CheckpointFileError(
+            f"init_cfg checkpoint {checkpoint} matches none of {name}'s tensors (it holds "
+            f"{len(state)}, e.g. {shown}): expected a NAT/DiNAT/DiNAT_s classification "
+            f"checkpoint, or a detector/segmentor one with prefix='backbone.'"
         )
-    return missing, unexpected
+    state = fit_state_dict(state, backbone)
+    norms = tuple(f"norm{i}." for i in backbone.out_indices)
+    fresh = [k for k in own if k.startswith(norms) and k not in state]
+    state.update({k: own[k] for k in fresh})  # output norms keep their initialisation
+    before = mismatch(backbone, state)
+    state = check_fit(
+        state,
+        backbone,
+        strict,
+        f"init_cfg {checkpoint}",
+        hint="set strict=False in init_cfg to load the tensors that fit",
+    )
+    backbone.load_state_dict(state, strict=False)
+    kept = sorted({k.split(".")[0] for k in fresh})
+    print_log(
+        f"loaded {len(state) - len(fresh)} tensors from {checkpoint} into {name}"
+        + (f" (output norms {', '.join(kept)} as initialised)" if kept else ""),
+        logger=MMLogger.get_current_instance(),
+    )
+    return before[0], before[1]
 
 
 class NATBackbone(_HierarchicalBackbone):

@@ -25,7 +25,13 @@ from torch import Tensor
 
 from .utils.windows import axis_table
 
-__all__ = ["decompositions", "na_forward_decomposed", "neighbor_tables", "to_onnx"]
+__all__ = [
+    "decompositions",
+    "dynamic_batch_example",
+    "na_forward_decomposed",
+    "neighbor_tables",
+    "to_onnx",
+]
 
 
 def neighbor_tables(
@@ -107,6 +113,12 @@ def decompositions() -> dict:
     return {torch.ops.natten_ext.na_forward.default: na_forward_decomposed}
 
 
+def dynamic_batch_example(example: Sequence[Tensor]) -> tuple[Tensor, ...]:
+    """``example`` with every batch of 1 repeated to 2: ``torch.export`` specialises a dimension
+    of size 1 to the constant 1, so a symbolic batch needs an example batch of at least 2."""
+    return tuple(torch.cat([t, t]) if t.shape[0] == 1 else t for t in example)
+
+
 def to_onnx(
     model: torch.nn.Module,
     example: tuple[Tensor, ...],
@@ -117,11 +129,13 @@ def to_onnx(
     """Export ``model`` (in eval mode) to ONNX with the dynamo exporter, the op decomposed.
 
     ``dynamic_batch`` makes dim 0 of every input symbolic (spatial sizes stay static: the
-    neighbour tables are constants). Writes ``path`` when given; returns the ONNX program.
+    neighbour tables are constants; an example batch of 1 is repeated to 2, see
+    :func:`dynamic_batch_example`). Writes ``path`` when given; returns the ONNX program.
     """
     model = model.eval()
     dynamic_shapes = None
     if dynamic_batch:
+        example = dynamic_batch_example(example)
         batch = torch.export.Dim("batch", min=1)
         dynamic_shapes = tuple({0: batch} for _ in example)
     program = torch.export.export(model, tuple(example), dynamic_shapes=dynamic_shapes)

@@ -2,6 +2,7 @@
 # NAT_VENV picks the environment folder (default .venv); NAT_PYTHON the interpreter that creates it.
 venv="${NAT_VENV:-.venv}"
 if [ ! -x "$venv/bin/python" ]; then
+    echo "creating the virtual environment $venv"
     "${NAT_PYTHON:-python3}" -m venv "$venv"
 fi
 

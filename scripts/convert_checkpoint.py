@@ -54,8 +54,10 @@ def convert(args: argparse.Namespace) -> dict[str, int]:
             raise SystemExit(
                 f"--model: unknown model {args.model!r}; see timm.list_models('*nat*')"
             )
-        model = timm.create_model(args.model, pretrained=False)
-        model.load_state_dict(checkpoint_filter_fn(sd, model), strict=True)
+        head = sd.get("head.weight", sd.get("classifier.weight"))
+        classes = {} if head is None else {"num_classes": head.shape[0]}  # the file's own head
+        model = timm.create_model(args.model, pretrained=False, **classes)
+        model.load_state_dict(checkpoint_filter_fn(sd, model, source=args.src), strict=True)
         sd = model.state_dict()
     elif source_hf:
         sd = hf_to_original(sd)

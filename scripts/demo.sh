@@ -6,8 +6,11 @@
 # NAT_VENV picks the environment folder (default .venv); NAT_PYTHON the interpreter that creates it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+echo "installing natzoo (this folder) and its core dependencies (torch, torchvision, timm," \
+    "...) into ${NAT_VENV:-.venv}: a minute or more the first time, seconds later on"
 source scripts/_venv.sh
 pip_install -e .
+echo "generating the demo dataset (demo_data/) and training configs/classification/demo.yaml on it"
 # One compute thread plus one data-loading worker fits 2 cores; more threads than free cores
 # slows the small operations of this model down many times. Override with OMP_NUM_THREADS.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"

@@ -10,7 +10,8 @@ Writes ``OUT/MODEL.torchscript.pt`` (``torch.jit.script``), ``OUT/MODEL.pt2``
 fused kernels) and ``OUT/MODEL.onnx`` (dynamo exporter, the op decomposed into Gather/MatMul/
 Softmax by ``natten_ext.export``). ``--check`` runs each artifact (ONNX in onnxruntime on CPU) on
 a random input and prints the largest difference from the eager model; it fails above ``--tol``.
-Spatial sizes are static (one export per resolution); ``--dynamic-batch`` frees the batch size.
+Spatial sizes are static (one export per resolution); ``--dynamic-batch`` frees the batch size
+(exported from a batch of at least 2: ``torch.export`` specialises a batch of 1).
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ import timm
 import torch
 
 import classification  # noqa: F401  (registers the models)
-from natten_ext.export import to_onnx
+from classification.checkpoint import CheckpointFileError
+from classification.pretrained import WeightsDownloadError
+from natten_ext.export import dynamic_batch_example, to_onnx
 
 FORMATS = ("torchscript", "export", "onnx")
 
@@ -70,21 +73,33 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float() - b.float()).abs().max().item()
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def build(args: argparse.Namespace) -> torch.nn.Module:
+    """The model to export, with the weights of --pretrained or --checkpoint."""
     kwargs = dict(args.model_args)
     if args.num_classes is not None:
         kwargs["num_classes"] = args.num_classes
     if args.checkpoint:
-        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=args.checkpoint))
-    model = timm.create_model(args.model, pretrained=args.pretrained, **kwargs).eval()
+        kwargs["pretrained_cfg_overlay"] = dict(file=args.checkpoint)
+    pretrained = args.pretrained or bool(args.checkpoint)
+    return timm.create_model(args.model, pretrained=pretrained, **kwargs).eval()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        model = build(args)
+    except (CheckpointFileError, FileNotFoundError, WeightsDownloadError) as err:
+        print(f"export.py: error: {err}", file=sys.stderr)
+        return 2
     size = args.img_size or list(model.pretrained_cfg["input_size"][1:])
     size = (size[0], size[-1])
     x = torch.randn(args.batch_size, model.in_chans, *size)
+    if args.dynamic_batch:  # a batch of 1 would be specialised to the constant 1
+        (x,) = dynamic_batch_example((x,))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # with a dynamic batch, check on another batch size than the one exported with
-    check_x = torch.randn(args.batch_size + 1, *x.shape[1:]) if args.dynamic_batch else x
+    check_x = torch.randn(x.shape[0] + 1, *x.shape[1:]) if args.dynamic_batch else x
     with torch.no_grad():
         expected = model(check_x)
     failed = []

@@ -4,6 +4,8 @@
 # NAT_VENV picks the environment folder (default .venv); NAT_PYTHON the interpreter that creates it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+echo "installing natzoo (this folder) with the dev, det, seg and compat-test extras into" \
+    "${NAT_VENV:-.venv}: a few minutes the first time, seconds later on"
 source scripts/_venv.sh
 # compat-test: transformers 4.53 (about 15 s), for natten_ext.compat's tests on the HF DiNAT/NAT.
 pip_install -e ".[dev,det,seg,compat-test]"
@@ -23,10 +25,16 @@ if [ "$rc" -eq 5 ]; then
     echo "no tests were collected: failing" >&2
 fi
 # timm's own model tests (from its source distribution) on one model of each family: with the full
-# suite (no arguments), or when NAT_TIMM_SUITE=1; NAT_TIMM_SUITE=0 leaves them out.
-if [ "${NAT_TIMM_SUITE:-$([ $# -eq 0 ] && echo 1 || echo 0)}" = "1" ]; then
+# suite (no arguments), or when NAT_TIMM_SUITE=1; NAT_TIMM_SUITE=all runs them on every zoo model
+# (slow); NAT_TIMM_SUITE=0 leaves them out.
+suite="${NAT_TIMM_SUITE:-$([ $# -eq 0 ] && echo 1 || echo 0)}"
+if [ "$suite" = "1" ] || [ "$suite" = "all" ]; then
     set +e
-    "$venv/bin/python" scripts/timm_suite.py
+    if [ "$suite" = "all" ]; then
+        "$venv/bin/python" scripts/timm_suite.py --all
+    else
+        "$venv/bin/python" scripts/timm_suite.py
+    fi
     timm_rc=$?
     set -e
     if [ "$rc" -eq 0 ]; then

@@ -1,6 +1,9 @@
 """Run timm's own model tests (``tests/test_models.py`` of its source distribution) on the zoo.
 
-Usage: ``python scripts/timm_suite.py [--models a,b,...] [pytest arguments]``
+Usage: ``python scripts/timm_suite.py [--models a,b,... | --all] [pytest arguments]``
+
+The default models are one of each family, which suits CI's time; ``--all`` runs all 22 zoo
+models, the Large ones included: a slow check for a release, not for every commit.
 
 The source distribution of the installed timm version is fetched with ``pip download`` (it ships
 ``tests/``) into ``.cache/timm-sdist`` (``NAT_TIMM_SDIST`` picks another folder) and its
@@ -9,8 +12,9 @@ The source distribution of the installed timm version is fetched with ``pip down
 - ``import classification`` registers the zoo before timm's test module lists the models;
 - the project's model modules (``nat``, ``dinat_s``, ``isotropic``) join timm's opt-in list of
   modules with ``forward_intermediates`` (``FEAT_INTER_FILTERS``), which the listing reads;
-- only tests parametrized with one of ``--models`` (default: one model of each family) are kept,
-  and the tests that download pretrained weights are skipped, with that reason.
+- only tests parametrized with one of ``--models`` (default: one model of each family; every
+  zoo model with ``--all``) are kept, and the tests that download pretrained weights are
+  skipped, with that reason.
 """
 
 from __future__ import annotations
@@ -96,13 +100,19 @@ class RestrictToModels:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default=",".join(DEFAULT_MODELS))
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated")
+    which.add_argument("--all", action="store_true", help="every zoo model (slow)")
     args, pytest_args = parser.parse_known_args(argv)
-    models = tuple(m for m in args.models.split(",") if m)
 
     import timm
 
     import classification  # noqa: F401  (registers the zoo)
+
+    if args.all:
+        models = tuple(timm.list_models(module=list(PROJECT_MODULES)))
+    else:
+        models = tuple(m for m in args.models.split(",") if m)
 
     unknown = [m for m in models if m not in timm.list_models()]
     if unknown:

@@ -194,7 +194,7 @@ def test_strict_loading_rejects_missing_keys(tmp_path):
     sd = random_state_dict("nat_mini", **CASES["nat_mini"])
     del sd["levels.0.blocks.0.attn.rpb"]
     torch.save(sd, tmp_path / "broken.pth")
-    with pytest.raises(RuntimeError, match=r"attn\.rpb"):
+    with pytest.raises(CheckpointFileError, match=r"1 of the model's \d+ tensors.*attn\.rpb"):
         load_via_timm("nat_mini", tmp_path / "broken.pth", **_model_kwargs("nat_mini"))
 
 
@@ -383,3 +383,73 @@ def test_model_info_cli(capsys):
     assert "model=nat_mini" in out and "params_M=19.98" in out and "img_per_s=" in out
     with pytest.raises(SystemExit):
         cli.main(["no_such_model_*"])
+
+
+# ------------------------------------------------------------------ what a load keeps and drops
+
+
+def test_a_head_that_fits_is_loaded(tmp_path, caplog):
+    """A file whose head has the requested class count loads whole, with or without
+    num_classes given (the pretrained cfg's 1000 classes do not make it drop the head)."""
+    sd = random_state_dict("nat_mini", num_classes=3, **CASES["nat_mini"])
+    torch.save({"model": sd}, tmp_path / "best.pth")
+    kwargs = _model_kwargs("nat_mini")
+    with caplog.at_level(logging.WARNING):
+        model = load_via_timm("nat_mini", tmp_path / "best.pth", num_classes=3, **kwargs)
+        assert_same_state(model, sd)
+        assert_same_state(load_via_timm("nat_mini", tmp_path / "best.pth", **kwargs), sd)
+    assert "Dropping" not in caplog.text
+
+
+def test_every_dropped_head_is_a_warning_naming_both_sizes(tmp_path, caplog):
+    sd = random_state_dict("nat_mini", **CASES["nat_mini"])
+    torch.save(sd, tmp_path / "in1k.pth")
+    kwargs = _model_kwargs("nat_mini")
+    with caplog.at_level(logging.WARNING):
+        load_via_timm("nat_mini", tmp_path / "in1k.pth", num_classes=10, **kwargs)
+    drops = [r for r in caplog.records if "classifier head" in r.getMessage()]
+    assert len(drops) == 1 and drops[0].levelno == logging.WARNING
+    assert re.search(r"1000 classes.*the model.* 10 classes", drops[0].getMessage())
+    # the same class count but another width: both widths named, not "10 ... 10"
+    caplog.clear()
+    sd10 = random_state_dict("nat_mini", num_classes=10, **CASES["nat_mini"])
+    sd10["head.weight"] = torch.zeros(10, 128)
+    torch.save(sd10, tmp_path / "narrow.pth")
+    with caplog.at_level(logging.WARNING):
+        load_via_timm(
+            "nat_mini", tmp_path / "narrow.pth", num_classes=10, pretrained_strict=False, **kwargs
+        )
+    text = " ".join(r.getMessage() for r in caplog.records if "classifier head" in r.getMessage())
+    assert "128" in text and "256" in text
+    # a file without a head: the model's head is fresh, and that is said too
+    caplog.clear()
+    headless = {k: v for k, v in sd.items() if not k.startswith("head.")}
+    torch.save(headless, tmp_path / "headless.pth")
+    with caplog.at_level(logging.WARNING):
+        load_via_timm("nat_mini", tmp_path / "headless.pth", num_classes=10, **kwargs)
+    assert "no classifier head" in caplog.text
+
+
+def test_missing_backbone_weights_are_an_error(tmp_path):
+    """A smaller model's file in a bigger model (here also with another class count, which made
+    timm load non-strictly), or a file missing a whole stage: one line naming the first missing
+    keys and how many; pretrained_strict=False loads the rest explicitly."""
+    small = random_state_dict("nat_mini", **CASES["nat_mini"])  # depths (1, 1, 2, 1)
+    torch.save(small, tmp_path / "small.pth")
+    deeper = dict(_model_kwargs("nat_mini"), depths=(1, 1, 3, 1))
+    with pytest.raises(CheckpointFileError) as info:
+        load_via_timm("nat_mini", tmp_path / "small.pth", num_classes=10, **deeper)
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 600
+    assert str(tmp_path / "small.pth") in message
+    assert re.search(r"\b13 of the model's \d+ tensors are missing", message)
+    assert "levels.2.blocks.2." in message
+    no_stage = {k: v for k, v in small.items() if not k.startswith("levels.3.")}
+    torch.save(no_stage, tmp_path / "no_stage.pth")
+    with pytest.raises(CheckpointFileError, match=r"levels\.3\.blocks\.0\."):
+        load_via_timm("nat_mini", tmp_path / "no_stage.pth", **_model_kwargs("nat_mini"))
+    model = load_via_timm(
+        "nat_mini", tmp_path / "small.pth", num_classes=10, pretrained_strict=False, **deeper
+    )
+    got = model.levels[2].blocks[1].attn.qkv.weight
+    assert torch.equal(got, small["levels.2.blocks.1.attn.qkv.weight"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -136,3 +137,65 @@ def test_torch_export_every_model(name):
         x = torch.randn(1, 3, *size, device="meta")
         program = torch.export.export(model, (x,))
         assert program.module()(x).shape == (1, model.num_classes)
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_dynamic_batch_export_and_onnx(name):
+    """One model of every family: torch.export with a symbolic batch, then the ONNX graph of
+    it, each run at two other batch sizes."""
+    model = tiny(name)
+    x = torch.randn(2, 3, 64, 64)
+    program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    onnx_program = to_onnx(model, (x,), dynamic_batch=True)
+    for batch in (1, 3):
+        xb = torch.randn(batch, 3, 64, 64)
+        with torch.no_grad():
+            expected = model(xb)
+            torch.testing.assert_close(program.module()(xb), expected, rtol=1e-5, atol=1e-5)
+        got = _run_onnx(onnx_program, xb)
+        np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_onnx_dynamic_batch_from_a_batch_of_one():
+    """torch.export specialises a batch of 1: to_onnx exports from a batch of 2 instead."""
+    model = tiny("dinat_s_tiny")
+    onnx_program = to_onnx(model, (torch.randn(1, 3, 64, 64),), dynamic_batch=True)
+    xb = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(xb).numpy()
+    np.testing.assert_allclose(_run_onnx(onnx_program, xb), expected, rtol=1e-4, atol=1e-4)
+
+
+def _export_script(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(ROOT / "scripts" / "export.py"), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+
+
+def test_export_script_dynamic_batch_with_the_default_batch_size(tmp_path):
+    """The README's example: --dynamic-batch with the default --batch-size 1."""
+    tiny_args = json.dumps(TINY["dinat_s_tiny"])
+    result = _export_script(
+        "dinat_s_tiny", "--img-size", "64", "--model-args", tiny_args,
+        "--formats", "export,onnx", "--dynamic-batch", "--check", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("max abs diff") == 2
+    program = torch.export.load(tmp_path / "dinat_s_tiny.pt2").module()
+    assert program(torch.randn(5, 3, 64, 64)).shape == (5, 1000)
+
+
+def test_export_script_from_a_checkpoint(tmp_path):
+    model = tiny("dinat_mini")
+    path = tmp_path / "best.pth"
+    torch.save({"model": model.state_dict()}, path)
+    out = tmp_path / "out"
+    result = _export_script(
+        "dinat_mini", "--checkpoint", str(path), "--img-size", "64",
+        "--model-args", json.dumps(TINY["dinat_mini"]), "--formats", "export",
+        "--out", str(out), "--check",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        got = torch.export.load(out / "dinat_mini.pt2").module()(x[:1])
+        torch.testing.assert_close(got, model(x[:1]))

@@ -216,3 +216,88 @@ def test_unreadable_init_cfg_checkpoints_name_the_file(
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _log_records(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str]]:
+    """(level, message) of everything the backbone loader logs through mmengine."""
+    import detection.backbones as backbones
+
+    records: list[tuple[int, str]] = []
+
+    def capture(msg, logger=None, level=20):
+        records.append((level, str(msg)))
+
+    monkeypatch.setattr(backbones, "print_log", capture)
+    return records
+
+
+def test_init_cfg_that_matches_nothing_is_an_error(tmp_path: Path) -> None:
+    from classification.checkpoint import CheckpointFileError
+
+    garbage = tmp_path / "garbage.pth"
+    torch.save({"conv1.weight": torch.zeros(3), "fc.bias": torch.zeros(2)}, garbage)
+    backbone = NATBackbone(**TINY, init_cfg=dict(type="Pretrained", checkpoint=str(garbage)))
+    with pytest.raises(CheckpointFileError, match=r"garbage\.pth.*none of NATBackbone's"):
+        backbone.init_weights()
+
+
+def test_init_cfg_missing_stage_weights_is_an_error(tmp_path: Path) -> None:
+    from classification.checkpoint import CheckpointFileError
+
+    classifier, _ = _pretrained(NAT, tmp_path)
+    state = {k: v for k, v in classifier.state_dict().items() if not k.startswith("levels.3.")}
+    path = tmp_path / "no_stage.pth"
+    torch.save(state, path)
+    backbone = NATBackbone(**TINY, init_cfg=dict(type="Pretrained", checkpoint=str(path)))
+    with pytest.raises(CheckpointFileError, match=r"no_stage\.pth.*missing.*levels\.3\.blocks\.0"):
+        backbone.init_weights()
+    # init_cfg strict=False loads what is there, explicitly
+    lenient = NATBackbone(
+        **TINY, init_cfg=dict(type="Pretrained", checkpoint=str(path), strict=False)
+    )
+    lenient.init_weights()
+    assert torch.equal(lenient.levels[0].blocks[0].attn.rpb, state["levels.0.blocks.0.attn.rpb"])
+
+
+def test_init_cfg_hf_classifier_loads_without_warnings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An HF-layout classifier (its final layernorm and classifier included) is what a backbone
+    expects to be given: nothing to warn about, no talk of classes."""
+    classifier, _ = _pretrained(NAT, tmp_path)
+    hf = tmp_path / "hf.pth"
+    torch.save(original_to_hf(classifier.state_dict(), prefix="nat"), hf)
+    records = _log_records(monkeypatch)
+    backbone = NATBackbone(**TINY, init_cfg=dict(type="Pretrained", checkpoint=str(hf)))
+    with _no_python_warnings():
+        backbone.init_weights()
+    assert not [m for level, m in records if level >= 30], records
+    assert not any("classes" in m for _, m in records), records
+    assert torch.equal(
+        backbone.levels[1].blocks[1].mlp.fc1.weight, classifier.levels[1].blocks[1].mlp.fc1.weight
+    )
+
+
+def _no_python_warnings():
+    import contextlib
+    import logging
+
+    @contextlib.contextmanager
+    def guard():
+        seen: list[str] = []
+
+        class Collect(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                if record.levelno >= logging.WARNING:
+                    seen.append(record.getMessage())
+
+        handler = Collect()
+        logger = logging.getLogger("classification")
+        logger.addHandler(handler)
+        try:
+            yield
+        finally:
+            logger.removeHandler(handler)
+        assert not seen, seen
+
+    return guard()

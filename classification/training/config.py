@@ -34,6 +34,9 @@ DEFAULTS: dict[str, Any] = {
         "pretrained": False,  # start from the zoo's published weights
         "init_checkpoint": None,  # file or URL to start from (fine-tunes); head dropped on mismatch
         "init_num_classes": None,  # classes of init_checkpoint's head (e.g. 21841 for IN-22K)
+        # false: load the tensors of init_checkpoint that fit and warn about the rest (by default
+        # anything the model needs and the file lacks, but a head, is an error)
+        "init_strict": True,
         "num_classes": None,  # None: the number of class folders in the training split
         "drop_path_rate": 0.2,
         "kwargs": {},  # free-form: passed to the model constructor (embed_dim, depths, ...)
@@ -79,9 +82,14 @@ DEFAULTS: dict[str, Any] = {
         "eps": 1e-8,
         "betas": [0.9, 0.999],
         "momentum": 0.9,
-        # Parameters without weight decay: every 1-D parameter (norms, biases), the model's
-        # no_weight_decay() names, and any parameter whose name contains one of these keywords.
-        "no_decay_keywords": ["rpb", "relative_position_bias_table"],
+        # Parameters without weight decay: every 1-D parameter (norms, biases, layer scale), the
+        # model's no_weight_decay() names and any parameter whose name contains one of these
+        # keywords.
+        "no_decay_keywords": [],
+        # true: the rpb tables decay like any other weight, as the published models were trained
+        # (the original code's no_weight_decay_keywords() was never read by timm's optimizer
+        # factory); false: every rpb table is exempt, as the original code meant.
+        "rpb_weight_decay": True,
         "clip_grad": 5.0,  # None disables
         "clip_mode": "norm",
         "accum_steps": 1,
@@ -89,7 +97,8 @@ DEFAULTS: dict[str, Any] = {
         "fused": "auto",
     },
     "sched": {
-        "name": "cosine",
+        "name": "cosine",  # cosine | linear (to min_lr) | constant | poly | step | multistep | tanh
+        # epochs before the cooldown: a run trains epochs + cooldown_epochs, as timm counts them
         "epochs": 300,
         "warmup_epochs": 20,
         "warmup_lr": 1e-6,
@@ -158,7 +167,7 @@ _CHOICES: dict[tuple[str, ...], tuple[str, ...]] = {
         "max-autotune",
         "max-autotune-no-cudagraphs",
     ),
-    ("sched", "name"): ("cosine", "linear", "poly", "step", "multistep", "tanh"),
+    ("sched", "name"): ("cosine", "linear", "constant", "poly", "step", "multistep", "tanh"),
     ("optim", "clip_mode"): ("norm", "value", "agc"),
     ("aug", "remode"): ("pixel", "rand", "const"),
     ("aug", "mixup_mode"): ("batch", "pair", "elem"),
@@ -414,6 +423,20 @@ def validate_config(cfg: dict[str, Any]) -> None:
     betas = cfg["optim"]["betas"]
     if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
         raise ConfigError(f"config key 'optim.betas' must be two numbers in [0, 1), got {betas}")
+    if cfg["optim"]["rpb_weight_decay"] and any(
+        "rpb" in k for k in cfg["optim"]["no_decay_keywords"]
+    ):
+        raise ConfigError(
+            "config key 'optim.no_decay_keywords' names rpb while 'optim.rpb_weight_decay' is "
+            "true; set optim.rpb_weight_decay=false to exempt the rpb tables from weight decay"
+        )
+    sched = cfg["sched"]
+    if sched["warmup_epochs"] >= sched["epochs"]:
+        raise ConfigError(
+            f"config key 'sched.warmup_epochs' = {sched['warmup_epochs']} must be below "
+            f"'sched.epochs' = {sched['epochs']} (the epochs before the "
+            f"{sched['cooldown_epochs']} cooldown ones), or the lr never reaches optim.lr"
+        )
     mixing = cfg["aug"]["mixup"] > 0 or cfg["aug"]["cutmix"] > 0
     if mixing and cfg["data"]["batch_size"] % 2:
         raise ConfigError(

@@ -45,7 +45,7 @@ from .distributed import (
     shutdown,
 )
 from .model import build_model, count_parameters
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, describe_schedule
 from .progress import Progress
 from .rundir import RunLock, check_fresh_run_dir, remove_stale_temporaries
 from .runlog import EPOCH_FIELDS, RunLogger, truncate_csv
@@ -53,6 +53,11 @@ from .runlog import EPOCH_FIELDS, RunLogger, truncate_csv
 __all__ = ["TrainingError", "autocast_for", "evaluate", "resolve_run_dir", "train"]
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_PRECISION = {
+    "bf16": "bf16 autocast",
+    "fp16": "fp16 autocast with loss scaling",
+    "none": "float32, no autocast",
+}
 
 
 class TrainingError(RuntimeError):
@@ -574,7 +579,9 @@ class Trainer:
                 f"model {cfg['model']['name']}: {count_parameters(self.raw_model) / 1e6:.2f}M "
                 f"params, {self.loaders.num_classes} classes | {info.world_size} process(es) "
                 f"on {info.device.type} | global batch {global_batch} | {self.spe} steps/epoch "
-                f"x {self.total_epochs} epochs",
+                f"x {self.total_epochs} epochs\n"
+                f"{describe_schedule(cfg)} | {_PRECISION[cfg['train']['amp']]} "
+                f"on {info.device.type} (train.amp={cfg['train']['amp']})",
                 flush=True,
             )
         evaluated = [r for r in self.epoch_rows or [] if r.get("top1") not in (None, "")]

@@ -13,7 +13,7 @@ from typing import Any
 import timm
 import torch
 
-from ..checkpoint import CheckpointFileError, describe_error
+from ..checkpoint import CheckpointFileError, CheckpointMismatchError, describe_error
 
 __all__ = ["build_model", "count_parameters", "register_zoo"]
 
@@ -54,6 +54,7 @@ def build_model(cfg: Mapping[str, Any], num_classes: int) -> torch.nn.Module:
         kwargs["pretrained_cfg_overlay"] = pretrained_overlay(
             spec["init_checkpoint"], spec["init_num_classes"]
         )
+        kwargs["pretrained_strict"] = spec["init_strict"]
     try:
         return timm.create_model(
             name,
@@ -62,6 +63,11 @@ def build_model(cfg: Mapping[str, Any], num_classes: int) -> torch.nn.Module:
             drop_path_rate=spec["drop_path_rate"],
             **kwargs,
         )
+    except CheckpointMismatchError as err:
+        raise CheckpointFileError(
+            f"model.init_checkpoint: {err.problem}; set model.init_strict=false to load the "
+            f"tensors that fit"
+        ) from err
     except CheckpointFileError as err:
         raise CheckpointFileError(f"model.init_checkpoint: {err}") from err
     except (TypeError, ValueError) as err:  # the constructor refused model.kwargs

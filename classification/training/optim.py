@@ -10,17 +10,22 @@ from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from timm.scheduler import create_scheduler_v2
 from timm.scheduler.scheduler import Scheduler
 
-__all__ = ["build_optimizer", "build_scheduler", "no_decay_patterns"]
+__all__ = ["build_optimizer", "build_scheduler", "describe_schedule", "no_decay_patterns"]
 
 
-def no_decay_patterns(model: torch.nn.Module, keywords: list[str]) -> list[str]:
+def no_decay_patterns(
+    model: torch.nn.Module, keywords: list[str], rpb_weight_decay: bool = False
+) -> list[str]:
     """Name patterns exempt from weight decay: the model's no_weight_decay() names and any name
-    containing a keyword (1-D parameters, i.e. norms and biases, are exempt regardless)."""
+    containing a keyword (1-D parameters, i.e. norms and biases, are exempt regardless);
+    ``rpb_weight_decay`` leaves the rpb tables out of them, so that they decay."""
     patterns = {f"*{k}*" for k in keywords}
     if hasattr(model, "no_weight_decay"):
         patterns |= set(model.no_weight_decay())
     if hasattr(model, "no_weight_decay_keywords"):  # the NATTEN-era spelling
         patterns |= {f"*{k}*" for k in model.no_weight_decay_keywords()}
+    if rpb_weight_decay:
+        patterns = {p for p in patterns if not p.rstrip("*").endswith("rpb")}
     return sorted(patterns)
 
 
@@ -47,7 +52,9 @@ def build_optimizer(model: torch.nn.Module, cfg: Mapping[str, Any]) -> torch.opt
     groups = param_groups_weight_decay(
         model,
         weight_decay=optim["weight_decay"],
-        no_weight_decay_list=no_decay_patterns(model, optim["no_decay_keywords"]),
+        no_weight_decay_list=no_decay_patterns(
+            model, optim["no_decay_keywords"], optim["rpb_weight_decay"]
+        ),
     )
     kwargs: dict[str, Any] = {}
     if optim["opt"].lower() in ("sgd", "momentum", "nesterov", "rmsprop", "rmsproptf"):
@@ -70,13 +77,16 @@ def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any], steps_per_epoch: int
 ) -> tuple[Scheduler, int]:
     """A per-iteration schedule (stepped with step_update after every optimizer step) and the
-    total number of epochs including cooldown. `linear` is timm's poly schedule with power 1,
-    decaying from lr to min_lr over sched.epochs."""
+    total number of epochs: sched.epochs plus sched.cooldown_epochs, as timm counts them.
+    `linear` is timm's poly schedule with power 1, decaying from lr to min_lr over sched.epochs;
+    `constant` is timm's step schedule with a decay factor of 1 (the lr after the warmup)."""
     sched = cfg["sched"]
     name, decay_rate = sched["name"], sched["decay_rate"]
+    decay_epochs = sched["decay_epochs"]
     if name == "linear":
         name, decay_rate = "poly", 1.0
-    decay_epochs = sched["decay_epochs"]
+    elif name == "constant":
+        name, decay_rate, decay_epochs = "step", 1.0, sched["epochs"]
     return create_scheduler_v2(
         optimizer,
         sched=name,
@@ -91,3 +101,25 @@ def build_scheduler(
         step_on_epochs=False,
         updates_per_epoch=steps_per_epoch,
     )
+
+
+def _epochs(n: float) -> str:
+    return f"{n:g} epoch" + ("" if n == 1 else "s")
+
+
+def describe_schedule(cfg: Mapping[str, Any]) -> str:
+    """The resolved schedule in words: its length with the cooldown spelled out (sched.epochs
+    excludes it, as in timm), the warmup and where the lr goes."""
+    sched, lr = cfg["sched"], cfg["optim"]["lr"]
+    name, epochs, cooldown = sched["name"], sched["epochs"], sched["cooldown_epochs"]
+    text = (
+        f"{name} schedule, {_epochs(epochs)} + {cooldown} cooldown = {_epochs(epochs + cooldown)}"
+    )
+    if sched["warmup_epochs"]:
+        text += f", warmup {_epochs(sched['warmup_epochs'])} from {sched['warmup_lr']:g}"
+    if name == "constant":
+        return f"{text}, lr {lr:g} throughout"
+    if name in ("step", "multistep"):
+        every = _epochs(sched["decay_epochs"])
+        return f"{text}, lr {lr:g} times {sched['decay_rate']:g} every {every}"
+    return f"{text}, lr {lr:g} -> {sched['min_lr']:g}"
