@@ -349,16 +349,24 @@ class Trainer:
 
     # ----------------------------------------------------------------- state
     def _check_resumable(self, ckpt: dict[str, Any], path: Path) -> None:
-        """Refuse a checkpoint of another model or class count, before anything is written."""
+        """Refuse a checkpoint of another model, class count or class list, before anything is
+        written."""
         theirs = ckpt["config"]["model"]["name"]
         ours = self.cfg["model"]["name"]
         classes = ckpt.get("num_classes")
+        names, ours_names = ckpt.get("classes"), self.loaders.classes
         problem = None
         if theirs != ours:
             problem = f"it is a checkpoint of {theirs}, the config builds {ours}"
         elif classes is not None and classes != self.loaders.num_classes:
             problem = (
                 f"it has {classes} classes, this config and dataset have {self.loaders.num_classes}"
+            )
+        elif names is not None and ours_names is not None and names != ours_names:
+            differ = next(i for i, (a, b) in enumerate(zip(names, ours_names)) if a != b)
+            problem = (
+                f"it was trained on other classes than this dataset's (class {differ} is "
+                f"{names[differ]!r} there, {ours_names[differ]!r} here)"
             )
         elif (mismatch := _state_mismatch(self.raw_model, ckpt["model"])) is not None:
             problem = f"its weights do not fit the model the config builds: {mismatch}"
@@ -512,6 +520,7 @@ class Trainer:
                 "config": self.cfg,
                 "reason": reason,
                 "num_classes": self.loaders.num_classes,
+                "classes": self.loaders.classes,
             }
             try:
                 atomic_save(state, self.run_dir / checkpoint_name(self.step))
