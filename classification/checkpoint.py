@@ -42,6 +42,7 @@ __all__ = [
     "hf_to_original",
     "is_hf_layout",
     "load_checkpoint_file",
+    "load_error_reason",
     "load_pretrained_file",
     "mismatch",
     "original_to_hf",
@@ -50,6 +51,7 @@ __all__ = [
     "resize_rpb",
     "save_state_dict",
     "unwrap_state_dict",
+    "weights_only_refusal",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -404,24 +406,40 @@ def describe_error(err: BaseException) -> str:
     return f"{type(err).__name__}: {line}"
 
 
-def _read_error(path: Path, err: Exception) -> CheckpointFileError:
+def weights_only_refusal(err: BaseException) -> str | None:
+    """Why ``torch.load(weights_only=True)`` refused a file, in one line (None when `err` is not
+    such a refusal). The blocked global is named; torch's advice to load the file unsafely is
+    never repeated."""
     text = str(err)
-    if "Weights only load failed" in text and "Unsupported global" in text:
-        found = re.search(r"GLOBAL ([\w.]+)", text)
+    if "weights only load failed" not in text.lower():
+        return None
+    found = re.search(r"\bGLOBAL ([\w.]+)", text, re.IGNORECASE)
+    if found or "unsupported global" in text.lower():
         what = f" ({found.group(1)})" if found else ""
-        reason = (
+        return (
             f"it holds pickled objects{what} other than tensors and plain containers, which "
             f"weights-only loading refuses (it never runs code from a file)"
         )
-    elif "Weights only load failed" in text:
-        reason = "it is not a torch checkpoint (truncated or corrupt?)"
-    else:
-        kind = "safetensors file" if path.suffix == ".safetensors" else "torch checkpoint"
-        reason = f"it is not a complete {kind}: truncated or corrupt? ({describe_error(err)})"
+    detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+    detail_text = f": {detail.group(1).strip()[:120]}" if detail else ""
+    return f"it is not a torch checkpoint (truncated or corrupt?{detail_text})"
+
+
+def load_error_reason(err: BaseException, kind: str = "torch checkpoint") -> str:
+    """Why a weights file could not be read, in one line (see :func:`weights_only_refusal`)."""
+    refusal = weights_only_refusal(err)
+    if refusal is not None:
+        return refusal
+    return f"it is not a complete {kind}: truncated or corrupt? ({describe_error(err)})"
+
+
+def _read_error(path: Path, err: Exception) -> CheckpointFileError:
+    kind = "safetensors file" if path.suffix == ".safetensors" else "torch checkpoint"
+    reason = load_error_reason(err, kind)
     return CheckpointFileError(f"checkpoint file {path} cannot be read: {reason}")
 
 
-def read_checkpoint(path: str | os.PathLike[str]) -> Any:
+def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> Any:
     """The object in a ``.safetensors`` or torch file, read with ``weights_only=True``; raise
     FileNotFoundError or CheckpointFileError (naming the file and the reason) when it cannot."""
     path = Path(path)
@@ -434,7 +452,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Any:
             from safetensors.torch import load_file
 
             return load_file(str(path), device="cpu")
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated zip, bad pickle, another file type...
         raise _read_error(path, err) from err
 

@@ -12,20 +12,12 @@ with exit status 2.
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 
 from .checkpoint import CheckpointFileError
-from .training.checkpoint import CheckpointError, load_training_checkpoint
-from .training.config import (
-    DEFAULTS,
-    ConfigError,
-    apply_overrides,
-    config_to_yaml,
-    load_config,
-)
+from .training.checkpoint import CheckpointError, checkpoint_config, load_training_checkpoint
+from .training.config import ConfigError, apply_overrides, config_to_yaml, load_config
 from .training.config import validate_config as _validate
 
 __all__ = ["main", "parse_args"]
@@ -61,31 +53,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _fill_missing(cfg: dict, defaults: Mapping) -> dict:
-    """Give keys added to the schema since a checkpoint was written their defaults."""
-    for key, default in defaults.items():
-        if key not in cfg:
-            cfg[key] = copy.deepcopy(default)
-        elif isinstance(default, Mapping) and isinstance(cfg[key], dict):
-            _fill_missing(cfg[key], default)
-    return cfg
-
-
 def resolve_config(args: argparse.Namespace) -> tuple[dict, str]:
-    """The validated config and the run's default name (the config file's stem)."""
+    """The validated config and the run's default name (the config file's stem).
+
+    A checkpoint file resumes in its own directory unless the command line names another
+    (--run-dir or run.dir=): never in the run.dir its config or a config file records."""
     overrides = [*args.overrides, *args.extra]
     if args.data:
         overrides.append(f"data.path={args.data}")
     if args.run_dir:
         overrides.append(f"run.dir={args.run_dir}")
+    from_file = bool(args.resume) and args.resume != "auto"
     if args.config:
-        return load_config(args.config, overrides), Path(args.config).stem
-    if args.resume and args.resume != "auto":  # continue with the checkpoint's own config
-        cfg = _fill_missing(load_training_checkpoint(args.resume)["config"], DEFAULTS)
-        apply_overrides(cfg, overrides)
-        _validate(cfg)
-        return cfg, Path(args.resume).parent.name
-    raise ConfigError("--config is required (unless --resume names a checkpoint file)")
+        cfg, name = load_config(args.config, overrides), Path(args.config).stem
+    elif from_file:  # continue with the checkpoint's own config
+        cfg = checkpoint_config(load_training_checkpoint(args.resume), args.resume)
+        try:
+            apply_overrides(cfg, overrides)
+            _validate(cfg)
+        except ConfigError as err:
+            raise ConfigError(f"--resume {args.resume}: {err}") from None
+        name = Path(args.resume).parent.name
+    else:
+        raise ConfigError("--config is required (unless --resume names a checkpoint file)")
+    named = any(item.split("=", 1)[0].strip() == "run.dir" for item in overrides)
+    if from_file and not named:
+        cfg["run"]["dir"] = str(Path(args.resume).parent)
+    return cfg, name
 
 
 def _error(err: BaseException) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from timm.data import resolve_data_config
 
 from .checkpoint import CheckpointFileError, check_fit, read_checkpoint, unwrap_state_dict
 from .pretrained import WeightsDownloadError
-from .training.checkpoint import FORMAT, CheckpointError, atomic_write
+from .training.checkpoint import FORMAT, CheckpointError, atomic_write, checkpoint_config
 from .training.data import (
     SYNTHETIC,
     SyntheticDataset,
@@ -36,7 +37,7 @@ from .training.data import (
     resolve_workers,
 )
 from .training.engine import autocast_for, evaluate
-from .training.model import register_zoo
+from .training.model import check_model_kwargs, register_zoo
 from .training.progress import Progress
 
 __all__ = ["main", "validate"]
@@ -58,10 +59,15 @@ def _state_dict(path: Path, ckpt: Any) -> dict[str, torch.Tensor]:
 
 def build_for_validation(args: argparse.Namespace, num_classes: int | None):
     """(model, model name, data hints) from --model / --checkpoint / --pretrained; the hints are
-    a nat-train checkpoint's evaluation settings (size, crop, interpolation, mean, std)."""
+    a nat-train checkpoint's evaluation settings (size, crop, interpolation, mean, std) and its
+    class names ("classes"). A checkpoint's config is validated and its model kwargs must be
+    the model's own hyper-parameters, like --model-kwargs."""
     register_zoo()
     hints: dict[str, Any] = {}
     kwargs: dict[str, Any] = json.loads(args.model_kwargs) if args.model_kwargs else {}
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"--model-kwargs must be a JSON object, got {args.model_kwargs}")
+    where = "--model-kwargs"
     name = args.model
     state_dict = None
     if args.checkpoint:
@@ -70,13 +76,15 @@ def build_for_validation(args: argparse.Namespace, num_classes: int | None):
             raise FileNotFoundError(f"--checkpoint: file not found: {path}")
         ckpt = _load(path)
         if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:  # a nat-train checkpoint
-            cfg = ckpt["config"]
+            cfg = checkpoint_config(ckpt, path)
             hints = {
                 k: cfg["data"][k] for k in ("img_size", "crop_pct", "interpolation", "mean", "std")
             }
+            hints["classes"] = ckpt.get("classes")
             name = name or cfg["model"]["name"]
             if name == cfg["model"]["name"] and not args.model_kwargs:
                 kwargs = dict(cfg["model"]["kwargs"])
+                where = f"--checkpoint {path}: model.kwargs"
             num_classes = num_classes or ckpt.get("num_classes")
             use_ema = args.ema and ckpt.get("ema") is not None
             if args.ema and not use_ema:
@@ -86,6 +94,7 @@ def build_for_validation(args: argparse.Namespace, num_classes: int | None):
         raise ValueError("--model is required (unless --checkpoint is a nat-train checkpoint)")
     if not timm.is_model(name):
         raise ValueError(f"--model: unknown model {name!r}")
+    check_model_kwargs(name, kwargs, None, where)
     create: dict[str, Any] = dict(kwargs)
     if num_classes is not None:
         create["num_classes"] = num_classes
@@ -109,7 +118,27 @@ def build_for_validation(args: argparse.Namespace, num_classes: int | None):
     return model, name, hints
 
 
+def _check_writable(path: str | None, option: str = "--results-file") -> None:
+    """Refuse, before any work, an output file that cannot be written: a folder, or one whose
+    nearest existing parent is not a writable folder."""
+    if not path:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"{option} {path} is a folder, not a file")
+    parent = target.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{option} {path} cannot be written: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK) or (
+        target.exists() and not os.access(target, os.W_OK)
+    ):
+        raise ValueError(f"{option} {path} cannot be written: {parent} is not writable")
+
+
 def validate(args: argparse.Namespace) -> dict[str, Any]:
+    _check_writable(args.results_file)
     device = torch.device(
         "cuda"
         if args.device == "auto" and torch.cuda.is_available()
@@ -128,11 +157,26 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
     interpolation = args.interpolation or hints.get("interpolation") or data_cfg["interpolation"]
     mean, std = hints.get("mean", data_cfg["mean"]), hints.get("std", data_cfg["std"])
     num_classes = model.num_classes if hasattr(model, "num_classes") else None
+    absent: list[str] = []
     if synthetic:
         dataset = SyntheticDataset(args.synthetic_size, num_classes or 1000, img_size)
+    elif hints.get("classes"):  # the labels the model was trained with, by name
+        transform = eval_transform(img_size, crop_pct, interpolation, mean, std)
+        trained = {c: i for i, c in enumerate(hints["classes"])}
+        dataset = image_folder(
+            val_dir,
+            transform,
+            trained,
+            args.follow_symlinks,
+            f"the checkpoint {args.checkpoint}",
+            _FOLLOW,
+        )
+        absent = list(dataset.missing_classes)
     else:
         transform = eval_transform(img_size, crop_pct, interpolation, mean, std)
-        dataset = image_folder(val_dir, transform)
+        dataset = image_folder(
+            val_dir, transform, follow_symlinks=args.follow_symlinks, follow_option=_FOLLOW
+        )
         if classes and num_classes and classes > num_classes:
             raise ValueError(
                 f"--data: {classes} class folders but the model has {num_classes} "
@@ -181,11 +225,21 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
         "loss": round(metrics["loss"], 5),
         "images": metrics["count"],
         "skipped": [image.path for image in loader.skipped],
+        "absent_classes": absent,
+        "skipped_folders": _skipped_folders(dataset),
         "images_per_s": round(metrics["count"] / elapsed, 1),
         "device": str(device),
         "amp": args.amp,
     }
     return result
+
+
+_FOLLOW = "--follow-symlinks"
+
+
+def _skipped_folders(dataset: Any) -> str | None:
+    scan = getattr(dataset, "scan", None)
+    return scan.skipped_message(_FOLLOW) if scan is not None else None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -224,6 +278,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--synthetic-size", type=int, default=1024, help="images with --data synthetic")
     p.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="enter symlinked folders of the dataset (never one leading back into it)",
+    )
+    p.add_argument(
         "--skip-corrupt",
         action="store_true",
         help="leave images that cannot be decoded out of the metrics (listed at the end) "
@@ -231,31 +290,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--results-file", help="also write the result as JSON here")
     args = p.parse_args(argv)
-    for name in ("batch_size", "synthetic_size", "img_size", "num_classes"):
+    for name, high in _BOUNDS.items():
         value = getattr(args, name)
-        if value is not None and value < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if value is not None and not 1 <= value <= high:
+            p.error(f"--{name.replace('_', '-')} must be in [1, {high}], got {value}")
     if args.workers != "auto":
         workers = int(args.workers) if args.workers.isdigit() else -1
-        if workers < 0:
-            p.error(f"--workers must be an int >= 0 or auto, got {args.workers!r}")
+        if not 0 <= workers <= 64:
+            p.error(f"--workers must be auto or an int in [0, 64], got {args.workers!r}")
         args.workers = workers
     if args.crop_pct is not None and not 0 < args.crop_pct <= 1:
         p.error(f"--crop-pct must be in (0, 1], got {args.crop_pct}")
     return args
 
 
+# upper bounds of the size arguments (the training config's)
+_BOUNDS = {
+    "batch_size": 16384,
+    "synthetic_size": 10_000_000,
+    "img_size": 4096,
+    "num_classes": 1_000_000,
+    "checkpoint_num_classes": 1_000_000,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         result = validate(args)
-    except (
-        CheckpointError,
-        FileNotFoundError,
-        ValueError,
-        RuntimeError,
-        WeightsDownloadError,
-    ) as err:
+    except (CheckpointError, OSError, ValueError, RuntimeError, WeightsDownloadError) as err:
         print(f"nat-validate: error: {err}", file=sys.stderr)
         return 2
     print(
@@ -263,6 +326,15 @@ def main(argv: list[str] | None = None) -> int:
         f"loss {result['loss']:.4f}  ({result['images']} images, "
         f"{result['images_per_s']:.1f} img/s on {result['device']})"
     )
+    if result["absent_classes"]:
+        absent = result["absent_classes"]
+        shown = ", ".join(absent[:5]) + (", ..." if len(absent) > 5 else "")
+        print(
+            f"note: {len(absent)} of the checkpoint's classes have no images in {args.data}: "
+            f"{shown} (the others keep the checkpoint's labels)"
+        )
+    if result["skipped_folders"]:
+        print(result["skipped_folders"])
     if result["skipped"]:
         shown = ", ".join(result["skipped"][:5]) + (", ..." if len(result["skipped"]) > 5 else "")
         print(
@@ -271,7 +343,15 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.results_file:
         text = json.dumps(result, indent=2)
-        atomic_write(args.results_file, lambda f: f.write(text.encode()))
+        try:
+            atomic_write(args.results_file, lambda f: f.write(text.encode()))
+        except OSError as err:
+            print(
+                f"nat-validate: error: --results-file {args.results_file} cannot be written: "
+                f"{err.strerror or err}",
+                file=sys.stderr,
+            )
+            return 2
     return 0
 
 

@@ -9,9 +9,11 @@ resolves, so mmcv's import-time checks pass, but raises ``NotImplementedError`` 
 called.
 
 :func:`allow_mmengine_checkpoints` lets ``torch.load``'s default ``weights_only=True`` unpickler
-accept the few extra types mmengine's own Runner checkpoints contain (see its docstring), and
+accept the few extra types mmengine's own Runner checkpoints contain (see its docstring),
 :func:`load_url_weights_only` replaces mmengine's ``http(s)://`` checkpoint loader, which reads
-downloads with ``weights_only=False``.
+downloads with ``weights_only=False``, and :func:`load_local_weights_only` its local-file loader,
+so that a file that cannot be read (empty, truncated, holding code) raises
+:class:`classification.checkpoint.CheckpointFileError` naming it and why.
 """
 
 from __future__ import annotations
@@ -248,15 +250,32 @@ def load_url_weights_only(url: str, map_location: Any = None, model_dir: str | N
     return checkpoint
 
 
-def _register_safe_http_loader() -> None:
+def load_local_weights_only(filename: str, map_location: Any = None) -> Any:
+    """mmengine's local-file checkpoint loader, reading with ``weights_only=True`` through
+    :func:`classification.checkpoint.read_checkpoint`: CheckpointFileError (naming the file and
+    the reason, e.g. the blocked global of a pickle that would run code) when it cannot."""
+    import os
+
+    from classification.checkpoint import CheckpointFileError, read_checkpoint
+
+    path = os.path.expanduser(filename)
+    try:
+        return read_checkpoint(path, map_location=map_location)
+    except FileNotFoundError:
+        raise CheckpointFileError(f"checkpoint file {path} cannot be read: not found") from None
+
+
+def _register_safe_loaders() -> None:
     from mmengine.runner.checkpoint import CheckpointLoader
 
     CheckpointLoader.register_scheme(("http://", "https://"), load_url_weights_only, force=True)
+    CheckpointLoader.register_scheme("", load_local_weights_only, force=True)
 
 
 def setup() -> bool:
     """Everything natzoo needs before mmdet/mmseg models are imported: the checkpoint allow-list,
-    weights-only downloads, and the ``mmcv._ext`` stand-in; True if the stand-in is in use."""
+    weights-only loading of files and downloads with clear errors, and the ``mmcv._ext``
+    stand-in; True if the stand-in is in use."""
     allow_mmengine_checkpoints()
-    _register_safe_http_loader()
+    _register_safe_loaders()
     return install_ext_standin()

@@ -368,10 +368,45 @@ def test_convert_checkpoint_cli(tmp_path, capsys):
     back = load_checkpoint_file(tmp_path / "back.pth")
     assert set(back) == set(sd) and all(torch.equal(back[k], sd[k]) for k in sd)
     assert "wrote" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="hf-prefix"):
-        cli.main([str(tmp_path / "orig.pth"), str(tmp_path / "x.pth"), "--to", "hf"])
-    with pytest.raises(SystemExit, match="unknown model"):
-        cli.main([str(tmp_path / "orig.pth"), str(tmp_path / "x.pth"), "--model", "resnet9000"])
+
+
+def test_convert_checkpoint_errors_are_one_line(tmp_path, capsys):
+    """Every bad input: exit status 2 and one line naming it; no output file."""
+    cli = load_script("convert_checkpoint")
+    sd = random_state_dict("nat_mini")
+    orig = tmp_path / "orig.pth"
+    torch.save({"state_dict": sd}, orig)
+    (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "truncated.pth").write_bytes(orig.read_bytes()[:4096])
+    (tmp_path / "garbage.pth").write_bytes(b"\x80\x02not a pickle at all")
+    torch.save({"epoch": 3}, tmp_path / "no_tensors.pth")
+    torch.save({"model": sd, "args": argparse.Namespace(a=1)}, tmp_path / "objects.pth")
+    torch.save({"foo.bar": torch.ones(1), "nat.embeddings.x": torch.ones(1)}, tmp_path / "hf.pth")
+    small = random_state_dict("nat_mini", depths=(1, 1, 1, 1))
+    torch.save(small, tmp_path / "small.pth")
+    (tmp_path / "a_file").write_text("x")
+    out = tmp_path / "out.pth"
+    cases = [
+        ([tmp_path / "missing.pth", out], "missing.pth"),
+        ([tmp_path / "empty.pth", out], "empty.pth"),
+        ([tmp_path / "truncated.pth", out], "truncated.pth"),
+        ([tmp_path / "garbage.pth", out], "garbage.pth"),
+        ([tmp_path / "no_tensors.pth", out], "no_tensors.pth"),
+        ([tmp_path / "objects.pth", out], "argparse.Namespace"),
+        ([tmp_path / "hf.pth", out], "hf.pth"),
+        ([tmp_path / "small.pth", out, "--model", "nat_mini"], "--model nat_mini"),
+        ([orig, out, "--to", "hf"], "--hf-prefix"),
+        ([orig, out, "--model", "resnet9000"], "unknown model"),
+        ([orig, tmp_path], "is a folder"),
+        ([orig, tmp_path / "a_file" / "out.pth"], "cannot write"),
+    ]
+    for argv, needle in cases:
+        assert cli.main([str(a) for a in argv]) == 2, argv
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in err, err
+        assert lines[0].startswith("convert_checkpoint.py: error: ") and needle in lines[0], err
+        assert not out.exists()
 
 
 def test_model_info_cli(capsys):

@@ -203,3 +203,69 @@ def test_demo_writes_png_with_predictions(coco_root: Path, tmp_path: Path) -> No
     assert drawn.shape == original.shape
     # with a threshold of 0 every prediction is drawn, so the image differs from the input
     assert not np.array_equal(drawn, original)
+
+
+class _RunsCode:
+    """Unpickling this runs a shell command (what a malicious checkpoint does)."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (self.command,))
+
+
+def _bad_checkpoint(tmp_path: Path, kind: str) -> tuple[Path, str]:
+    """A checkpoint that cannot be used, and the words its error must hold."""
+    import torch
+
+    path = tmp_path / f"{kind}.pth"
+    if kind == "empty":
+        path.write_bytes(b"")
+        return path, "empty (0 bytes)"
+    if kind == "truncated":
+        torch.save({"state_dict": {"w": torch.ones(4096)}}, path)
+        path.write_bytes(path.read_bytes()[:2048])
+        return path, "truncated or corrupt"
+    torch.save({"state_dict": {}, "x": _RunsCode(f"touch {tmp_path / 'code-ran'}")}, path)
+    return path, "posix.system"
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    assert ": error: " in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("kind", ["empty", "truncated", "malicious"])
+def test_test_and_resume_refuse_unreadable_checkpoints_in_one_line(
+    coco_root: Path, tmp_path: Path, capsys, kind: str
+) -> None:
+    from detection import test as det_test
+    from detection import train as det_train
+
+    bad, words = _bad_checkpoint(tmp_path, kind)
+    with pytest.raises(SystemExit) as info:
+        det_test.main([str(DEMO["mask_rcnn"]), str(bad), "--work-dir", str(tmp_path / "test"),
+                       "--cfg-options", *_cli_overrides(coco_root)])  # fmt: skip
+    assert info.value.code == 2
+    line = _one_line(capsys)
+    assert str(bad) in line and words in line and "weights_only" not in line
+    data = {
+        "train_dataloader.dataset.data_root": coco_root,
+        "val_dataloader.dataset.data_root": coco_root,
+        "val_evaluator.ann_file": coco_root / "annotations/instances_val2017.json",
+    }
+    options = [f"{k}={v}" for k, v in data.items()]
+    with pytest.raises(SystemExit) as info:
+        det_train.main([str(DEMO["mask_rcnn"]), "--no-amp", "--resume", str(bad), "--work-dir",
+                        str(tmp_path / "train"), "--cfg-options", *_cli_overrides(coco_root),
+                        *options])  # fmt: skip
+    assert info.value.code == 2
+    line = _one_line(capsys)
+    assert str(bad) in line and words in line
+    assert not (tmp_path / "code-ran").exists()

@@ -5,6 +5,7 @@ every check passed, and every error is one line naming the file or key (exit sta
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -14,18 +15,25 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import test_train
 import torch
+import yaml
 from PIL import Image
 from test_train import ROOT, _train
 
+from classification import train as train_cli
 from classification import validate as validate_cli
 from classification.atomic import atomic_write, stale_temporaries
 from classification.checkpoint import save_state_dict
-from classification.training.checkpoint import list_checkpoints, load_training_checkpoint
+from classification.training.checkpoint import (
+    atomic_save,
+    list_checkpoints,
+    load_training_checkpoint,
+)
 from classification.training.rundir import LOCK_NAME
 from classification.training.runlog import read_csv
 
@@ -191,15 +199,14 @@ def test_resume_auto_on_a_finished_run_says_it_is_complete(
 ) -> None:
     run_dir = _copy_run(full_run, tmp_path / "run")
     before = _files(run_dir)
-    assert _train(config, data_dir, run_dir, "--resume", "auto") == 0
+    stamps = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()}
+    # with a setting resume may change: nothing trains, so nothing records it
+    assert _train(config, data_dir, run_dir, "--resume", "auto", "--set", "optim.lr=5e-4") == 0
     out = capsys.readouterr().out
     assert "is complete: epoch 2 of 2, step 6" in out and "resumed" not in out
-    after = _files(run_dir)
-    for name in ("summary.json", "config.yaml"):  # they name the run directory
-        before.pop(name), after.pop(name)
-    assert after == before  # no step trained, no log row added or changed
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["epoch"] == 2 and summary["run_dir"] == str(run_dir)
+    assert _files(run_dir) == before  # no step trained, no log row added or changed
+    for name in ("config.yaml", "summary.json", "best.pth", "checkpoint-00000006.pth"):
+        assert (run_dir / name).stat().st_mtime_ns == stamps[name], name  # not rewritten
 
 
 @pytest.mark.parametrize(
@@ -439,3 +446,249 @@ def test_training_stops_on_an_unreadable_image(
     assert _train(config, root, tmp_path / "run", "--set", *settings) == 2
     line = _error_line(capsys)
     assert "cannot read image" in line and any(path in line for path in spoiled)
+
+
+# ------------------------------------------------------------- whose run directory is written
+def _stamps(run_dir: Path) -> dict[str, tuple[str, int]]:
+    return {
+        p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in run_dir.iterdir()
+    }
+
+
+def _recording_dir(run_dir: Path, recorded: Path) -> None:
+    """Make the checkpoints of `run_dir` record `recorded` as their run.dir."""
+    for path in [*list_checkpoints(run_dir), run_dir / "best.pth"]:
+        ckpt = load_training_checkpoint(path)
+        ckpt["config"]["run"]["dir"] = str(recorded)
+        atomic_save(ckpt, path)
+
+
+def test_resume_from_a_file_runs_beside_it_never_where_it_was_written(
+    tmp_path: Path, config: Path, data_dir: Path, full_run: Path, capsys
+) -> None:
+    original = _copy_run(full_run, tmp_path / "original")
+    _recording_dir(original, original)  # as if written there
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    before = _stamps(original)
+    ckpt = copy / "checkpoint-00000003.pth"
+    assert train_cli.main(["--resume", str(ckpt), "--set", "checkpoint.keep=1"]) == 0
+    assert _stamps(original) == before  # not one file deleted, rewritten or touched
+    assert [p.name for p in list_checkpoints(copy)] == ["checkpoint-00000006.pth"]
+    assert yaml.safe_load((copy / "config.yaml").read_text())["run"]["dir"] == str(copy)
+    assert json.loads((copy / "summary.json").read_text())["run_dir"] == str(copy)
+    assert _rows(copy / "steps.csv", STEP_COLUMNS) == _rows(full_run / "steps.csv", STEP_COLUMNS)
+
+    # the same with --config: the config file's run.dir is not the command line's either
+    with_dir = tmp_path / "with_dir.yaml"
+    with_dir.write_text(config.read_text() + f"run: {{dir: {original}}}\n")
+    copy2 = tmp_path / "copy2"
+    shutil.copytree(original, copy2)
+    ckpt2 = copy2 / "checkpoint-00000003.pth"
+    argv = ["--config", str(with_dir), "--data", str(data_dir), "--resume", str(ckpt2)]
+    assert train_cli.main(argv) == 0
+    assert _stamps(original) == before
+    assert (copy2 / "checkpoint-00000006.pth").is_file()
+    capsys.readouterr()
+
+
+def test_resume_from_a_file_into_another_run_directory(
+    tmp_path: Path, config: Path, data_dir: Path, full_run: Path, capsys
+) -> None:
+    """--run-dir names where a checkpoint continues: a new directory, never one holding
+    another run (its checkpoints would be pruned, its logs rewritten)."""
+    source = _copy_run(full_run, tmp_path / "source")
+    before = _stamps(source)
+    other = _copy_run(full_run, tmp_path / "other", ["checkpoint-00000006.pth", "config.yaml"])
+    other_before = _stamps(other)
+    ckpt = source / "checkpoint-00000003.pth"
+    assert train_cli.main(["--resume", str(ckpt), "--run-dir", str(other)]) == 2
+    line = _error_line(capsys)
+    assert str(other) in line and "already holds checkpoints" in line
+    assert _stamps(other) == other_before
+    fresh = tmp_path / "fresh"
+    assert train_cli.main(["--resume", str(ckpt), "--run-dir", str(fresh)]) == 0
+    assert _stamps(source) == before
+    assert [p.name for p in list_checkpoints(fresh)] == ["checkpoint-00000006.pth"]
+    assert _rows(fresh / "epochs.csv", EPOCH_COLUMNS) == _rows(
+        full_run / "epochs.csv", EPOCH_COLUMNS
+    )
+
+
+def test_resume_auto_adopts_only_auto_numbered_runs(
+    tmp_path: Path, config: Path, data_dir: Path, capsys
+) -> None:
+    root = tmp_path / "runs"
+    common = ["--config", str(config), "--data", str(data_dir), "--set", f"run.output={root}"]
+    # another experiment whose name starts with the config's: tiny-ablation
+    assert train_cli.main([*common, "run.name=tiny-ablation", "aug.mixup=0", *ONE_EPOCH,
+                           "train.max_steps=1"]) == 0  # fmt: skip
+    ablation = _stamps(root / "tiny-ablation")
+    capsys.readouterr()
+    assert train_cli.main([*common, *ONE_EPOCH, "train.max_steps=1", "--resume", "auto"]) == 0
+    assert "no checkpoint under" in capsys.readouterr().out
+    assert _stamps(root / "tiny-ablation") == ablation
+    assert [p.name for p in list_checkpoints(root / "tiny")] == ["checkpoint-00000001.pth"]
+    # an auto-numbered run is one of them: the newest is continued
+    shutil.copytree(root / "tiny", root / "tiny-2")
+    os.utime(root / "tiny-2" / "checkpoint-00000001.pth")
+    tiny = _stamps(root / "tiny")
+    assert train_cli.main([*common, *ONE_EPOCH, "train.max_steps=2", "--resume", "auto"]) == 0
+    assert (root / "tiny-2" / "checkpoint-00000002.pth").is_file()
+    assert _stamps(root / "tiny") == tiny and _stamps(root / "tiny-ablation") == ablation
+
+
+def test_resume_refuses_a_config_that_changes_the_experiment(
+    tmp_path: Path, config: Path, data_dir: Path, capsys
+) -> None:
+    run_dir = tmp_path / "run"
+    assert _train(config, data_dir, run_dir, "--set", "train.max_steps=1") == 0
+    before = _stamps(run_dir)
+    changed = ["aug.mixup=0.5", "optim.weight_decay=0.1", "sched.warmup_epochs=2"]
+    assert _train(config, data_dir, run_dir, "--resume", "auto", "--set", *changed) == 2
+    line = _error_line(capsys)
+    assert "its config differs" in line and "optim.lr" in line  # names what may change
+    for key, old, new in (("aug.mixup", 0.8, 0.5), ("optim.weight_decay", 0.05, 0.1),
+                          ("sched.warmup_epochs", 1, 2)):  # fmt: skip
+        assert f"{key} {old} -> {new}" in line, line
+    assert _stamps(run_dir) == before
+    # the checkpoint file without --config: the same refusal
+    ckpt = run_dir / "checkpoint-00000001.pth"
+    assert train_cli.main(["--resume", str(ckpt), "--set", "aug.mixup=0.5"]) == 2
+    assert "aug.mixup 0.8 -> 0.5" in _error_line(capsys)
+    assert _stamps(run_dir) == before
+
+
+def test_resume_applies_a_new_lr_and_schedule(
+    tmp_path: Path, config: Path, data_dir: Path, capsys
+) -> None:
+    """optim.lr, sched.epochs and sched.min_lr set on resume rebuild the schedule: from the
+    checkpoint's step on, the lr is that of a run started with them."""
+    new = ["optim.lr=5e-4", "sched.epochs=3", "sched.min_lr=1e-5"]
+    reference = tmp_path / "reference"
+    assert _train(config, data_dir, reference, "--set", *new) == 0
+    run_dir = tmp_path / "run"
+    assert _train(config, data_dir, run_dir, "--set", "train.max_steps=2") == 0
+    assert _train(config, data_dir, run_dir, "--resume", "auto", "--set", *new) == 0
+    want = {int(r["step"]): r["lr"] for r in read_csv(reference / "steps.csv")}
+    got = {int(r["step"]): r["lr"] for r in read_csv(run_dir / "steps.csv")}
+    assert sorted(got) == list(range(1, 10))
+    assert {s: got[s] for s in range(3, 10)} == {s: want[s] for s in range(3, 10)}
+    assert got[2] != want[2]  # before the resume: the old schedule
+    recorded = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert (recorded["optim"]["lr"], recorded["sched"]["epochs"]) == (5e-4, 3)
+    assert recorded["sched"]["min_lr"] == 1e-5
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["epochs"], summary["step"]) == (3, 9)
+
+
+# ------------------------------------------------------------- signals and orphaned workers
+LONG = ["sched.epochs=200", "data.workers=2", "checkpoint.every_steps=1", "checkpoint.keep=2"]
+
+
+def _start(config: Path, data_dir: Path, run_dir: Path, log=subprocess.PIPE) -> subprocess.Popen:
+    """nat-train in a process group of its own (as a shell job, Slurm or systemd starts it);
+    its output goes to pipes, or to the file object `log`."""
+    args = ["--config", str(config), "--data", str(data_dir), "--run-dir", str(run_dir)]
+    return subprocess.Popen(
+        [sys.executable, "-m", "classification.train", *args, "--set", *LONG],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+        stdout=log,
+        stderr=subprocess.STDOUT if log is not subprocess.PIPE else subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _wait_for_steps(proc: subprocess.Popen, run_dir: Path, steps: int) -> None:
+    deadline = time.monotonic() + 240
+    path = run_dir / "steps.csv"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended early: {proc.communicate()}")
+        if path.is_file() and len(path.read_text().splitlines()) > steps:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no {steps} steps logged in time")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_whole_process_group_stops_with_a_checkpoint(
+    tmp_path: Path, config: Path, data_dir: Path, capsys, sig: signal.Signals
+) -> None:
+    """timeout, Slurm, systemd and Ctrl-C signal every process of the group, the loader workers
+    included: they leave the stop to the main process, which saves a checkpoint and exits 0."""
+    run_dir = tmp_path / "run"
+    proc = _start(config, data_dir, run_dir)
+    try:
+        _wait_for_steps(proc, run_dir, 2)
+        assert len(_children(proc.pid)) >= 2  # the loader workers are running
+        os.killpg(proc.pid, sig)
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, err[-3000:]
+    assert "Traceback" not in err and "killed by signal" not in err, err[-3000:]
+    assert err.count("stop requested") == 1, err[-3000:]  # the main process's, only
+    # every step trained is in the last checkpoint: nothing is lost
+    last = list_checkpoints(run_dir)[-1]
+    step = load_training_checkpoint(last)["step"]
+    assert [int(r["step"]) for r in read_csv(run_dir / "steps.csv")] == list(range(1, step + 1))
+    assert last.name == f"checkpoint-{step:08d}.pth" and step >= 2
+    if step % 3:  # mid-epoch (at an epoch's end the epoch checkpoint is the stop's)
+        assert f"stopped at step {step}" in out
+        assert load_training_checkpoint(last)["reason"] == "stopped"
+    assert stale_temporaries(run_dir) == []
+    # and the run continues from it
+    settings = ["data.workers=0", f"train.max_steps={step + 1}"]
+    assert _train(config, data_dir, run_dir, "--resume", "auto", "--set", *LONG, *settings) == 0
+    assert f"resumed from {last}" in capsys.readouterr().out
+    assert load_training_checkpoint(list_checkpoints(run_dir)[-1])["step"] == step + 1
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_orphaned_workers_do_not_hold_the_run_lock_after_kill_9(
+    tmp_path: Path, config: Path, data_dir: Path, capsys
+) -> None:
+    """kill -9 of the main process leaves its loader workers alive for seconds: they must not
+    hold the run directory's lock, or the immediate --resume auto is refused."""
+    run_dir = tmp_path / "run"
+    log = open(tmp_path / "log.txt", "w")  # noqa: SIM115 - the workers keep it open
+    proc = _start(config, data_dir, run_dir, log)
+    workers: list[int] = []
+    try:
+        _wait_for_steps(proc, run_dir, 2)
+        workers = _children(proc.pid)
+        assert len(workers) >= 2
+        for pid in workers:  # keep them alive (and holding whatever they hold) meanwhile
+            os.kill(pid, signal.SIGSTOP)
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+        assert all(Path(f"/proc/{pid}").exists() for pid in workers)
+        latest = load_training_checkpoint(list_checkpoints(run_dir)[-1])["step"]
+        settings = ["data.workers=0", f"train.max_steps={latest + 1}"]
+        rc = _train(config, data_dir, run_dir, "--resume", "auto", "--set", *LONG, *settings)
+        captured = capsys.readouterr()
+        assert rc == 0, captured.err
+        assert "in use by another training" not in captured.err
+        assert load_training_checkpoint(list_checkpoints(run_dir)[-1])["step"] == latest + 1
+    finally:
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()

@@ -3,10 +3,12 @@ corrupt files. Everything saved loads with ``torch.load(weights_only=True)``."""
 
 from __future__ import annotations
 
+import copy
 import os
 import random
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,8 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write
-from ..checkpoint import describe_error
+from ..checkpoint import describe_error, weights_only_refusal
+from .config import DEFAULTS, ConfigError, fill_defaults, validate_config
 
 __all__ = [
     "FORMAT",
@@ -23,6 +26,7 @@ __all__ = [
     "atomic_save",
     "atomic_write",
     "capture_rng_state",
+    "checkpoint_config",
     "checkpoint_name",
     "list_checkpoints",
     "load_training_checkpoint",
@@ -137,9 +141,11 @@ def load_training_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, bad pickle, wrong file type...
+        refusal = weights_only_refusal(err)
+        what = f"cannot be read: {refusal}" if refusal else "is corrupt or truncated"
+        detail = "" if refusal else f" ({describe_error(err)})"
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or truncated ({describe_error(err)}); it was left in "
-            f"place. {_alternatives(path)}"
+            f"checkpoint {path} {what}{detail}; it was left in place. {_alternatives(path)}"
         ) from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(
@@ -149,7 +155,57 @@ def load_training_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     missing = [k for k in _REQUIRED if k not in ckpt]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {missing}. {_alternatives(path)}")
+    wrong = [k for k, kind in _TYPES.items() if k in ckpt and not _is(ckpt[k], kind)]
+    if wrong:
+        raise CheckpointError(
+            f"checkpoint {path} is malformed: {', '.join(wrong)} of the wrong type "
+            f"({', '.join(type(ckpt[k]).__name__ for k in wrong)}). {_alternatives(path)}"
+        )
     return ckpt
+
+
+# the entries whose type is checked on load (the config is checked by checkpoint_config)
+_TYPES: dict[str, type | tuple[type, ...]] = {
+    "model": Mapping,
+    "optimizer": Mapping,
+    "scheduler": Mapping,
+    "epoch": int,
+    "step": int,
+    "steps_per_epoch": int,
+    "num_classes": int,
+    "classes": (list, type(None)),
+    "epoch_rows": (list, type(None)),
+    "best": (Mapping, type(None)),
+    "rng": list,
+}
+
+
+def _is(value: Any, kind: type | tuple[type, ...]) -> bool:
+    return isinstance(value, kind) and not (isinstance(value, bool) and kind is int)
+
+
+def checkpoint_config(ckpt: Mapping[str, Any], path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The configuration a training checkpoint stores, with the keys added to the schema since
+    filled in, validated like a config file; CheckpointError naming the file and the key when it
+    is malformed."""
+    stored = ckpt.get("config")
+    if not isinstance(stored, Mapping):
+        raise CheckpointError(
+            f"checkpoint {path} holds no valid config (a mapping, got {type(stored).__name__})"
+        )
+    cfg = copy.deepcopy(dict(stored))
+    bad = [k for k in DEFAULTS if k in cfg and not isinstance(cfg[k], dict)]
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {path} holds a malformed config: section '{bad[0]}' is a "
+            f"{type(cfg[bad[0]]).__name__}, not a mapping"
+        )
+    try:
+        fill_defaults(cfg)
+        validate_config(cfg)
+    except ConfigError as err:
+        raise CheckpointError(f"checkpoint {path} holds an invalid config: {err}") from None
+    return cfg
 
 
 def _alternatives(path: Path) -> str:

@@ -1,12 +1,19 @@
 """Training configuration: a typed default tree, YAML files with `_base_` inheritance, and
 `a.b=c` command-line overrides. Every key must exist in :data:`DEFAULTS`; unknown keys are
-an error that names the key (``model.kwargs`` is the one free-form mapping)."""
+an error that names the key (``model.kwargs`` is the one free-form mapping).
+
+Untrusted input is bounded: each `_base_` file is read once, chains deeper than
+:data:`MAX_BASE_DEPTH` and loops are refused, duplicate YAML keys are errors, a configuration may
+hold at most :data:`MAX_VALUES` values (YAML aliases count each time they are used), and every
+float must be finite."""
 
 from __future__ import annotations
 
 import copy
 import difflib
+import math
 import os
+import reprlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -15,12 +22,21 @@ import yaml
 
 __all__ = [
     "DEFAULTS",
+    "MAX_BASE_DEPTH",
+    "MAX_VALUES",
+    "RESUME_MAY_CHANGE",
     "ConfigError",
     "apply_overrides",
     "config_to_yaml",
+    "fill_defaults",
     "load_config",
+    "resume_conflicts",
+    "short_repr",
     "validate_config",
 ]
+
+MAX_BASE_DEPTH = 16  # `_base_` inheritance levels
+MAX_VALUES = 10_000  # scalars and containers in one configuration (a published one holds ~150)
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -55,6 +71,7 @@ DEFAULTS: dict[str, Any] = {
         "val_batch_size": None,  # None: 2 x batch_size
         "workers": "auto",  # data loader processes per training process; auto: see resolve_workers
         "pin_memory": True,
+        "follow_symlinks": False,  # enter symlinked folders of the dataset (never looping ones)
         "synthetic_train_size": 12800,  # samples per epoch with --data synthetic
         "synthetic_val_size": 1024,
     },
@@ -156,7 +173,7 @@ _NULLABLE_TYPES: dict[tuple[str, ...], tuple[type, ...]] = {
     ("run", "dir"): (str,),
 }
 _BOOL_OR_AUTO = {("train", "compile"), ("optim", "fused")}
-_INT_OR_AUTO = {("data", "workers")}
+_INT_OR_AUTO = {("data", "workers"): (0, 64)}  # with their range
 _CHOICES: dict[tuple[str, ...], tuple[str, ...]] = {
     ("train", "amp"): ("bf16", "fp16", "none"),
     ("train", "device"): ("auto", "cpu", "cuda"),
@@ -178,13 +195,14 @@ _CHOICES: dict[tuple[str, ...], tuple[str, ...]] = {
 # (minimum, maximum, minimum inclusive?) for numeric keys; None means unbounded.
 _RANGES: dict[tuple[str, ...], tuple[float | None, float | None, bool]] = {
     ("model", "drop_path_rate"): (0.0, 1.0, True),
-    ("model", "num_classes"): (1, None, True),
-    ("data", "img_size"): (1, None, True),
+    ("model", "num_classes"): (1, 1_000_000, True),
+    ("model", "init_num_classes"): (1, 1_000_000, True),
+    ("data", "img_size"): (1, 4096, True),
     ("data", "crop_pct"): (0.0, 1.0, False),
-    ("data", "batch_size"): (1, None, True),
-    ("data", "val_batch_size"): (1, None, True),
-    ("data", "synthetic_train_size"): (1, None, True),
-    ("data", "synthetic_val_size"): (1, None, True),
+    ("data", "batch_size"): (1, 16384, True),
+    ("data", "val_batch_size"): (1, 16384, True),
+    ("data", "synthetic_train_size"): (1, 10_000_000, True),
+    ("data", "synthetic_val_size"): (1, 10_000_000, True),
     ("aug", "hflip"): (0.0, 1.0, True),
     ("aug", "vflip"): (0.0, 1.0, True),
     ("aug", "reprob"): (0.0, 1.0, True),
@@ -193,6 +211,7 @@ _RANGES: dict[tuple[str, ...], tuple[float | None, float | None, bool]] = {
     ("aug", "mixup_prob"): (0.0, 1.0, True),
     ("aug", "mixup_switch_prob"): (0.0, 1.0, True),
     ("aug", "smoothing"): (0.0, 1.0, True),
+    ("aug", "recount"): (1, 100, True),
     ("optim", "lr"): (0.0, None, False),
     ("optim", "weight_decay"): (0.0, None, True),
     ("optim", "eps"): (0.0, None, False),
@@ -218,8 +237,101 @@ class ConfigError(ValueError):
     """A configuration file or override is invalid; the message names the key."""
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 60, 60
+
+
+def short_repr(value: Any) -> str:
+    """repr() cut to a few items per container and a few levels (for error messages)."""
+    return _REPR.repr(value)
+
+
 def _dotted(path: Iterable[str]) -> str:
     return ".".join(path)
+
+
+def _too_large(value: Any, limit: int = MAX_VALUES) -> bool:
+    """Whether `value` holds more than `limit` values, counting a shared object at every place
+    it appears (as any walk over it would); stops counting at the limit."""
+    stack, count = [value], 0
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > limit:
+            return True
+        if isinstance(item, Mapping):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set)):
+            stack.extend(item)
+    return False
+
+
+def _largest_key(node: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> str:
+    """The dotted key under which most of an over-large `node` lies (for the message)."""
+    for key, value in node.items():
+        path = (*prefix, str(key))
+        if _too_large(value, MAX_VALUES // 2):
+            if isinstance(value, Mapping) and path != ("model", "kwargs"):
+                return _largest_key(value, path)
+            return _dotted(path)
+    return _dotted(prefix) or "the top level"
+
+
+def _check_size(node: Any, where: str) -> None:
+    if _too_large(node):
+        key = _largest_key(node) if isinstance(node, Mapping) else "the value"
+        raise ConfigError(
+            f"{where} holds more than {MAX_VALUES} values (under {key}; YAML aliases "
+            f"count at every use): a configuration is a few hundred values at most"
+        )
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode):
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` merges may override keys
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            duplicate = key in seen
+            seen.add(key)
+        except TypeError:  # an unhashable key: construct_mapping reports it
+            continue
+        if duplicate:
+            mark = key_node.start_mark
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", mark)
+    data: dict[Any, Any] = {}
+    yield data
+    data.update(loader.construct_mapping(node))
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _yaml_error(err: yaml.YAMLError, text: str) -> str:
+    """A YAML error in one line: the problem and its line and column in `text`."""
+    problem = getattr(err, "problem", None) or getattr(err, "reason", None) or type(err).__name__
+    mark = getattr(err, "problem_mark", None)
+    if mark is not None:
+        line, column = mark.line + 1, mark.column + 1
+    else:  # a reader error (a character YAML does not allow) knows its offset
+        before = text[: getattr(err, "position", 0) or 0]
+        line, column = before.count("\n") + 1, len(before) - before.rfind("\n")
+    return f"{' '.join(str(problem).split())} (line {line}, column {column})"
+
+
+def _parse_yaml(text: str, where: str) -> Any:
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"cannot parse {where}: {_yaml_error(err, text)}") from err
+    _check_size(data, where)
+    return data
 
 
 def _unknown_key_error(path: tuple[str, ...], node: Mapping[str, Any], where: str) -> ConfigError:
@@ -260,36 +372,61 @@ def _merge(
             base[key] = copy.deepcopy(value)
 
 
-def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
-    """Read one YAML file and, recursively, its `_base_` files (merged in order, then itself)."""
+def _read_yaml(
+    path: Path, chain: tuple[Path, ...], done: dict[Path, dict[str, Any]]
+) -> dict[str, Any]:
+    """Read one YAML file and, recursively, its `_base_` files (merged in order, then itself);
+    `done` holds the trees of the files already read (each file is read once)."""
     if path in chain:
         raise ConfigError(f"config inheritance loop: {' -> '.join(map(str, (*chain, path)))}")
+    if len(chain) >= MAX_BASE_DEPTH:
+        raise ConfigError(
+            f"config inheritance from {chain[0]} is deeper than {MAX_BASE_DEPTH} _base_ levels "
+            f"(at {path})"
+        )
+    if path in done:
+        return copy.deepcopy(done[path])
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    with open(path) as f:
-        try:
-            data = yaml.safe_load(f) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"cannot parse config file {path}: {err}") from err
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from err
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"config file {path} is not a UTF-8 text file (byte 0x{raw[err.start]:02x} at "
+            f"offset {err.start})"
+        ) from None
+    data = _parse_yaml(text, f"config file {path}") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     bases = data.pop("_base_", [])
     if isinstance(bases, str):
         bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
+        raise ConfigError(
+            f"config file {path}: _base_ must be a file name or a list of file names, "
+            f"got {short_repr(bases)}"
+        )
     tree = copy.deepcopy(DEFAULTS)
     for base in bases:
         base_path = (path.parent / base).resolve()
-        base_tree = _read_yaml(base_path, (*chain, path))
+        base_tree = _read_yaml(base_path, (*chain, path), done)
         _merge(tree, base_tree, DEFAULTS, str(base_path))
     _merge(tree, data, DEFAULTS, str(path))
+    done[path] = copy.deepcopy(tree)
     return tree
 
 
-def _parse_value(text: str) -> Any:
+def _parse_value(text: str, where: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        value = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError:
         return text
+    _check_size(value, where)
+    return value
 
 
 def apply_overrides(cfg: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
@@ -301,7 +438,7 @@ def apply_overrides(cfg: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
         parts = tuple(p for p in key.strip().split(".") if p)
         if not parts:
             raise ConfigError(f"override {item!r} has an empty key")
-        value = _parse_value(text)
+        value = _parse_value(text, f"override {key.strip()!r}")
         node: dict[str, Any] = cfg
         schema: Mapping[str, Any] = DEFAULTS
         for depth, part in enumerate(parts[:-1]):
@@ -336,13 +473,19 @@ def _check_value(path: tuple[str, ...], value: Any, default: Any) -> None:
         types = _NULLABLE_TYPES[path]
     elif path in _BOOL_OR_AUTO:
         if not (isinstance(value, bool) or value == "auto"):
-            raise ConfigError(f"config key '{name}' must be true, false or auto, got {value!r}")
+            raise ConfigError(
+                f"config key '{name}' must be true, false or auto, got {short_repr(value)}"
+            )
         return
     elif path in _INT_OR_AUTO:
         if value == "auto":
             return
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ConfigError(f"config key '{name}' must be an int >= 0 or auto, got {value!r}")
+        low, high = _INT_OR_AUTO[path]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigError(
+                f"config key '{name}' must be auto or an int in [{low}, {high}], "
+                f"got {short_repr(value)}"
+            )
         return
     elif isinstance(default, bool):
         types = (bool,)
@@ -358,9 +501,13 @@ def _check_value(path: tuple[str, ...], value: Any, default: Any) -> None:
         types = (object,)
     if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
         wanted = " or ".join(t.__name__ for t in types)
-        raise ConfigError(f"config key '{name}' must be {wanted}, got {value!r}")
+        raise ConfigError(f"config key '{name}' must be {wanted}, got {short_repr(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key '{name}' must be a finite number, got {value!r}")
     if path in _CHOICES and value not in _CHOICES[path]:
-        raise ConfigError(f"config key '{name}' must be one of {_CHOICES[path]}, got {value!r}")
+        raise ConfigError(
+            f"config key '{name}' must be one of {_CHOICES[path]}, got {short_repr(value)}"
+        )
     if path in _RANGES:
         low, high, low_inclusive = _RANGES[path]
         too_low = low is not None and (value < low if low_inclusive else value <= low)
@@ -391,8 +538,21 @@ def _coerce_float(path: tuple[str, ...], value: Any, default: Any) -> Any:
     return value
 
 
+def _numbers(values: Any, count: int) -> bool:
+    """Whether `values` is a list of `count` finite numbers (not booleans)."""
+    return (
+        isinstance(values, list)
+        and len(values) == count
+        and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for v in values
+        )
+    )
+
+
 def validate_config(cfg: dict[str, Any]) -> None:
     """Check types, choices, ranges and cross-key constraints; raise ConfigError naming the key."""
+    _check_size(cfg, "the configuration")
 
     def walk(node: Mapping[str, Any], schema: Mapping[str, Any], prefix: tuple[str, ...]) -> None:
         for key, default in schema.items():
@@ -414,18 +574,30 @@ def validate_config(cfg: dict[str, Any]) -> None:
     walk(cfg, DEFAULTS, ())
     for key in ("mean", "std"):
         values = cfg["data"][key]
-        if len(values) != 3 or not all(isinstance(v, (int, float)) for v in values):
-            raise ConfigError(f"config key 'data.{key}' must be a list of 3 numbers, got {values}")
+        if not _numbers(values, 3) or (key == "std" and not all(v > 0 for v in values)):
+            wanted = "3 finite numbers" + (", each > 0" if key == "std" else "")
+            raise ConfigError(
+                f"config key 'data.{key}' must be a list of {wanted}, got {short_repr(values)}"
+            )
     for key in ("scale", "ratio"):
         values = cfg["aug"][key]
-        if len(values) != 2 or not 0 < values[0] <= values[1]:
-            raise ConfigError(f"config key 'aug.{key}' must be [low, high] with 0 < low <= high")
+        if not _numbers(values, 2) or not 0 < values[0] <= values[1]:
+            raise ConfigError(
+                f"config key 'aug.{key}' must be [low, high] with 0 < low <= high (finite "
+                f"numbers), got {short_repr(values)}"
+            )
     betas = cfg["optim"]["betas"]
-    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-        raise ConfigError(f"config key 'optim.betas' must be two numbers in [0, 1), got {betas}")
-    if cfg["optim"]["rpb_weight_decay"] and any(
-        "rpb" in k for k in cfg["optim"]["no_decay_keywords"]
-    ):
+    if not _numbers(betas, 2) or not all(0 <= b < 1 for b in betas):
+        raise ConfigError(
+            f"config key 'optim.betas' must be two numbers in [0, 1), got {short_repr(betas)}"
+        )
+    keywords = cfg["optim"]["no_decay_keywords"]
+    if not all(isinstance(k, str) and k for k in keywords):
+        raise ConfigError(
+            f"config key 'optim.no_decay_keywords' must be a list of non-empty strings, "
+            f"got {short_repr(keywords)}"
+        )
+    if cfg["optim"]["rpb_weight_decay"] and any("rpb" in k for k in keywords):
         raise ConfigError(
             "config key 'optim.no_decay_keywords' names rpb while 'optim.rpb_weight_decay' is "
             "true; set optim.rpb_weight_decay=false to exempt the rpb tables from weight decay"
@@ -445,12 +617,76 @@ def validate_config(cfg: dict[str, Any]) -> None:
         )
 
 
+def fill_defaults(cfg: dict[str, Any], defaults: Mapping[str, Any] = DEFAULTS) -> dict[str, Any]:
+    """Give the keys `cfg` lacks (added to the schema since it was written) their defaults, in
+    place; returns `cfg`."""
+    for key, default in defaults.items():
+        if key not in cfg:
+            cfg[key] = copy.deepcopy(default)
+        elif isinstance(default, Mapping) and isinstance(cfg[key], dict):
+            fill_defaults(cfg[key], default)
+    return cfg
+
+
 def load_config(path: str | os.PathLike[str] | None, overrides: Iterable[str] = ()) -> dict:
     """Load a config file (or the defaults when `path` is None), apply overrides, validate."""
-    cfg = copy.deepcopy(DEFAULTS) if path is None else _read_yaml(Path(path).resolve(), ())
+    cfg = copy.deepcopy(DEFAULTS) if path is None else _read_yaml(Path(path).resolve(), (), {})
     apply_overrides(cfg, overrides)
     validate_config(cfg)
     return cfg
+
+
+# What a resumed run may set otherwise than its checkpoint's config (a section name covers its
+# keys): where and how it runs, what it logs, when it checkpoints, evaluates and stops, the
+# weights a fresh run would start from (a resumed run takes its checkpoint's), and the lr
+# schedule's peak, length and floor (the schedule is rebuilt from them and continues at the
+# checkpoint's step). Anything else would silently change the experiment.
+RESUME_MAY_CHANGE = (
+    "run",
+    "logging",
+    "checkpoint",
+    "data.path",
+    "data.workers",
+    "data.pin_memory",
+    "data.val_batch_size",
+    "data.follow_symlinks",
+    "train.device",
+    "train.amp",
+    "train.compile",
+    "train.compile_backend",
+    "train.compile_mode",
+    "train.channels_last",
+    "train.max_steps",
+    "train.eval_every",
+    "model.pretrained",
+    "model.init_checkpoint",
+    "model.init_num_classes",
+    "optim.lr",
+    "sched.epochs",
+    "sched.min_lr",
+)
+
+
+def _leaves(node: Any, prefix: tuple[str, ...] = ()) -> Iterable[tuple[str, Any]]:
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            yield from _leaves(value, (*prefix, str(key)))
+    else:
+        yield _dotted(prefix), node
+
+
+def resume_conflicts(stored: Mapping[str, Any], cfg: Mapping[str, Any]) -> list[str]:
+    """The keys (as 'key stored -> new') whose values differ between a checkpoint's config and
+    `cfg`, less those in RESUME_MAY_CHANGE; both configs validated, with every schema key."""
+    old, new = dict(_leaves(stored)), dict(_leaves(cfg))
+    conflicts = []
+    for key in [*new, *(k for k in old if k not in new)]:
+        if any(key == k or key.startswith(k + ".") for k in RESUME_MAY_CHANGE):
+            continue
+        before, after = old.get(key, "unset"), new.get(key, "unset")
+        if before != after:
+            conflicts.append(f"{key} {short_repr(before)} -> {short_repr(after)}")
+    return conflicts
 
 
 def config_to_yaml(cfg: Mapping[str, Any]) -> str:

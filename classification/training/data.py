@@ -4,13 +4,19 @@ derived from (seed, epoch, index), so a run resumed mid-epoch sees exactly the s
 
 An image that cannot be decoded is never replaced by another one (timm's ImageDataset would
 substitute its neighbour): iterating the loader raises CorruptImageError naming the file, or, for
-evaluation with skipping on, leaves the image out and lists it in the loader's `skipped`."""
+evaluation with skipping on, leaves the image out and lists it in the loader's `skipped`. Images of
+every PIL mode are decoded to 8-bit RGB by value (16-bit and float images scaled, not clipped).
+
+Folders are scanned without entering symlinked folders (listed instead), or, when asked to follow
+them, without entering one that leads back into the dataset (a loop, or a second copy)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
+import signal
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +26,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 from timm.data import ImageDataset, Mixup, auto_augment, create_transform
+from timm.data.readers.img_extensions import get_img_extensions
+from timm.data.readers.reader_image_folder import ReaderImageFolder
+from timm.utils.misc import natural_key
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from ..checkpoint import describe_error
@@ -29,6 +38,7 @@ __all__ = [
     "CheckedLoader",
     "CorruptImageError",
     "EpochSampler",
+    "FolderScan",
     "Loaders",
     "ShardSampler",
     "SyntheticDataset",
@@ -38,8 +48,11 @@ __all__ = [
     "checked_loader",
     "eval_transform",
     "find_split",
+    "ignore_stop_signals",
     "image_folder",
     "resolve_workers",
+    "scan_image_folder",
+    "to_rgb",
 ]
 
 SYNTHETIC = "synthetic"
@@ -73,17 +86,50 @@ class UnreadableImage:
     reason: str
 
 
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """`img` as 8-bit RGB, decoding every pixel. Modes of more than 8 bits are scaled by value:
+    I;16 from [0, 65535]; I from the smallest of [0, 255], [0, 65535] or [0, its maximum] that
+    holds its values; F from [0, 1] when its values lie there, else [0, 255] (NaN is 0). PIL's
+    own convert("RGB") clips such images to white. Palette images with transparency, LA, PA and
+    RGBA lose their alpha channel; 1, L, P, CMYK and the rest convert as PIL converts them."""
+    if img.mode in (*_SIXTEEN_BIT, "I", "F"):
+        values = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if img.mode in _SIXTEEN_BIT:
+            scale = 255 / 65535
+        elif img.mode == "F":
+            scale = 255.0 if low >= 0 and high <= 1 else 1.0
+        elif low >= 0 and high <= 255:
+            scale = 1.0
+        elif low >= 0 and high <= 65535:
+            scale = 255 / 65535
+        else:
+            scale = 255 / high if high > 0 else 1.0
+        gray = np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # PIL warns when a palette with transparency goes to RGB
+    return img.convert("RGB")
+
+
 class CheckedImageDataset(ImageDataset):
     """timm's ImageDataset (its readers, class maps and transforms) without the silent
     substitution of a neighbouring image for one that fails to load: such a sample comes back as
-    an UnreadableImage for CheckedLoader to fail on or skip."""
+    an UnreadableImage for CheckedLoader to fail on or skip. Images are decoded by to_rgb."""
+
+    missing_classes: tuple[str, ...] | list[str] = ()  # classes of the class map without images
+    scan: FolderScan | None = None
 
     def __getitem__(self, index: int):
         try:
             file, target, *_ = self.reader[index]
             with file:
                 img = Image.open(file)
-                img = img.convert(self.input_img_mode or "RGB")  # decodes every pixel now
+                mode = self.input_img_mode or "RGB"
+                img = to_rgb(img) if mode == "RGB" else img.convert(mode)  # decodes every pixel
         except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, bomb errors...
             return UnreadableImage(str(self.filename(index, absolute=True)), describe_error(err))
         if self.transform is not None:
@@ -102,20 +148,49 @@ def collate_readable(batch: list[Any]) -> tuple[Any, list[UnreadableImage]]:
     return (default_collate(good) if good else None), bad
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """In a loader worker: ignore SIGINT/SIGTERM, which reach the whole process group (Ctrl-C,
+    timeout, Slurm, systemd), so that the main process alone decides how to stop; then unblock
+    them (CheckedLoader forks its workers with them blocked, so none arrives before this)."""
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+@contextlib.contextmanager
+def _stop_signals_blocked() -> Iterator[None]:
+    """SIGINT/SIGTERM held back in this thread (and in the processes it forks) meanwhile; one
+    that arrives is delivered when the block ends."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 @dataclass
 class CheckedLoader:
     """Iterates a DataLoader built with collate_readable and yields (images, target) batches.
 
     An unreadable image raises CorruptImageError naming it; with `skip`, it is left out instead
-    and listed in `skipped` (reset at the start of every pass)."""
+    and listed in `skipped` (reset at the start of every pass). With `shield_workers`, the
+    loader's workers are started with SIGINT/SIGTERM blocked; its worker_init_fn must call
+    ignore_stop_signals (build_loaders' does)."""
 
     loader: DataLoader
     skip: bool = False
     skipped: list[UnreadableImage] = field(default_factory=list)
+    shield_workers: bool = False
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
         self.skipped = []
-        for batch, bad in self.loader:
+        shield = self.shield_workers and self.loader.num_workers > 0
+        with _stop_signals_blocked() if shield else contextlib.nullcontext():
+            batches = iter(self.loader)  # starts (or, persistent, wakes) the workers
+        for batch, bad in batches:
             if bad and not self.skip:
                 raise CorruptImageError(
                     f"cannot read image {bad[0].path} ({bad[0].reason}): remove or replace it "
@@ -129,19 +204,135 @@ class CheckedLoader:
         return len(self.loader)
 
 
-def checked_loader(dataset: Dataset, skip: bool = False, **kwargs: Any) -> CheckedLoader:
+def checked_loader(
+    dataset: Dataset, skip: bool = False, shield_workers: bool = False, **kwargs: Any
+) -> CheckedLoader:
     """A CheckedLoader over DataLoader(dataset, collate_fn=collate_readable, **kwargs)."""
-    return CheckedLoader(DataLoader(dataset, collate_fn=collate_readable, **kwargs), skip)
+    loader = DataLoader(dataset, collate_fn=collate_readable, **kwargs)
+    return CheckedLoader(loader, skip, shield_workers=shield_workers)
 
 
-def image_folder(split_dir: Path, transform: Any, class_to_idx: Mapping[str, int] | None = None):
-    """An ImageNet-style folder (one sub-folder per class) as a CheckedImageDataset."""
-    dataset = CheckedImageDataset(
-        str(split_dir), class_map=dict(class_to_idx) if class_to_idx else None
-    )
-    if len(dataset) == 0:
-        raise FileNotFoundError(f"--data: no images found under {split_dir}")
+@dataclass
+class FolderScan:
+    """What scan_image_folder found: (file, class name) pairs in natural order, and the
+    symlinked folders it did not enter."""
+
+    root: Path
+    samples: list[tuple[str, str]]
+    unfollowed: list[str] = field(default_factory=list)  # not followed (following is off)
+    looping: list[str] = field(default_factory=list)  # lead back into the dataset
+
+    def skipped(self, follow: str = "data.follow_symlinks=true") -> str | None:
+        """What was left out, in words (None: nothing); `follow` is the option following
+        symlinked folders."""
+        parts = []
+        for paths, why in (
+            (self.unfollowed, f"not followed; {follow} follows them"),
+            (self.looping, "they lead back into the dataset: a loop or a second copy"),
+        ):
+            if paths:
+                shown = ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
+                parts.append(f"{len(paths)} symlinked folder(s) skipped ({why}): {shown}")
+        return "; ".join(parts) or None
+
+    def skipped_message(self, follow: str = "data.follow_symlinks=true") -> str | None:
+        """One line naming the folder and the symlinked folders left out, or None."""
+        skipped = self.skipped(follow)
+        return f"--data: {self.root}: {skipped}" if skipped else None
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def scan_image_folder(root: str | Path, follow_symlinks: bool = False) -> FolderScan:
+    """The image files under `root`, each labelled by the name of the folder it is in (timm's
+    folder reader's convention). Symlinked folders are entered only with `follow_symlinks`, and
+    never one whose target is inside the dataset or an already entered target (a loop, or images
+    counted twice) or encloses the folder it is in; symlinked files are read."""
+    root = Path(root)
+    extensions = get_img_extensions(as_set=True)
+    scan = FolderScan(root, [])
+    entered = [os.path.realpath(root)]  # real folders whose trees are being scanned
+    found: list[tuple[str, str]] = []
+    stack: list[tuple[str, str, str]] = [(str(root), "", entered[0])]  # path, label, real path
+    while stack:
+        folder, label, real = stack.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as err:
+            raise OSError(f"--data: cannot read folder {folder}: {err.strerror or err}") from err
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()
+            except OSError:  # a dangling or unreadable link: not a folder
+                is_dir = False
+            if is_dir:
+                target = real + os.sep + entry.name
+                if entry.is_symlink():
+                    if not follow_symlinks:
+                        scan.unfollowed.append(entry.path)
+                        continue
+                    target = os.path.realpath(entry.path)
+                    if any(_inside(target, e) for e in entered) or _inside(real, target):
+                        scan.looping.append(entry.path)
+                        continue
+                    entered.append(target)
+                stack.append((entry.path, entry.name, target))
+            elif os.path.splitext(entry.name)[1].lower() in extensions:
+                found.append((os.path.join(folder, entry.name), label))
+    scan.samples = sorted(found, key=lambda item: natural_key(item[0]))
+    return scan
+
+
+class _ScannedReader(ReaderImageFolder):
+    """timm's folder reader over the files of a FolderScan."""
+
+    def __init__(self, root: str, samples: list[tuple[str, int]], class_to_idx: dict[str, int]):
+        super(ReaderImageFolder, self).__init__()  # the base Reader: no scan of its own
+        self.root, self.samples, self.class_to_idx = root, samples, class_to_idx
+
+
+def image_folder(
+    split_dir: Path,
+    transform: Any,
+    class_to_idx: Mapping[str, int] | None = None,
+    follow_symlinks: bool = False,
+    classes_of: str = "the class map",
+    follow_option: str = "data.follow_symlinks=true",
+) -> CheckedImageDataset:
+    """An ImageNet-style folder (one sub-folder per class) as a CheckedImageDataset, labelled by
+    `class_to_idx` (default: the folder's own classes in natural order). A class with images
+    here that `class_to_idx` lacks (`classes_of` says whose it is) is an error naming it; the
+    classes without images are in the dataset's `missing_classes`, the scan in its `scan`
+    (`follow_option`: the option that follows symlinked folders, for messages)."""
+    scan = scan_image_folder(split_dir, follow_symlinks)
+    if not scan.samples:
+        skipped = scan.skipped(follow_option)
+        raise FileNotFoundError(
+            f"--data: no images found under {split_dir} (expected {split_dir}/<class>/<image>)"
+            + (f"; {skipped}" if skipped else "")
+        )
+    found = sorted({label for _, label in scan.samples}, key=natural_key)
+    if class_to_idx is None:
+        class_to_idx = {name: i for i, name in enumerate(found)}
+    unknown = [name for name in found if name not in class_to_idx]
+    if unknown:
+        names = [name or f"(images directly in {split_dir})" for name in unknown]
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        raise ValueError(
+            f"--data: {split_dir} holds images of {len(unknown)} class(es) unknown to "
+            f"{classes_of} ({len(class_to_idx)} classes): {shown} (their images would be left "
+            f"out or mislabelled)"
+        )
+    mapping = dict(class_to_idx)
+    samples = [(path, mapping[label]) for path, label in scan.samples]
+    reader = _ScannedReader(str(split_dir), samples, mapping)
+    dataset = CheckedImageDataset(str(split_dir), reader=reader)
     dataset.transform = transform
+    present = set(found)
+    dataset.missing_classes = [name for name in mapping if name not in present]
+    dataset.scan = scan
     return dataset
 
 
@@ -310,9 +501,12 @@ class Loaders:
     train_sampler: EpochSampler
     num_classes: int
     steps_per_epoch: int  # optimizer steps per epoch (after gradient accumulation)
+    classes: list[str] | None = None  # class names by index (None: synthetic data)
 
 
-def _seed_worker(worker_id: int) -> None:  # samples reseed themselves; this covers the rest
+def _seed_worker(worker_id: int) -> None:
+    """Samples reseed themselves; this covers the rest. Stops are the main process's."""
+    ignore_stop_signals(worker_id)
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
@@ -347,6 +541,7 @@ def build_loaders(cfg: Mapping[str, Any], world_size: int, rank: int, workers: i
     if path is None:
         raise ValueError("--data: no dataset given (a folder with train/ and val/, or 'synthetic')")
     seed = cfg["train"]["seed"]
+    classes = None
     if path == SYNTHETIC:
         num_classes = cfg["model"]["num_classes"] or 1000
         train_set: Dataset = SyntheticDataset(
@@ -356,8 +551,9 @@ def build_loaders(cfg: Mapping[str, Any], world_size: int, rank: int, workers: i
             data["synthetic_val_size"], num_classes, data["img_size"], seed + 1
         )
     else:
+        follow = data["follow_symlinks"]
         train_dir = find_split(path, data["train_split"])
-        train_set = image_folder(train_dir, train_transform(cfg))
+        train_set = image_folder(train_dir, train_transform(cfg), follow_symlinks=follow)
         mapping = class_mapping(train_set)  # type: ignore[arg-type]
         if len(mapping) < 2:
             raise ValueError(
@@ -370,7 +566,14 @@ def build_loaders(cfg: Mapping[str, Any], world_size: int, rank: int, workers: i
                 data["img_size"], data["crop_pct"], data["interpolation"], data["mean"], data["std"]
             ),
             mapping,
+            follow_symlinks=follow,
+            classes_of=f"the training split {train_dir}",
         )
+        for dataset in (train_set, val_set):
+            message = dataset.scan.skipped_message()  # type: ignore[union-attr]
+            if message and rank == 0:
+                print(message, flush=True)
+        classes = list(mapping)
         num_classes = cfg["model"]["num_classes"] or len(mapping)
         if len(mapping) > num_classes:
             raise ValueError(
@@ -398,6 +601,7 @@ def build_loaders(cfg: Mapping[str, Any], world_size: int, rank: int, workers: i
     )
     train = checked_loader(
         SeededDataset(train_set, seed),
+        shield_workers=True,
         batch_size=batch_size,
         sampler=sampler,
         drop_last=True,
@@ -405,11 +609,12 @@ def build_loaders(cfg: Mapping[str, Any], world_size: int, rank: int, workers: i
     )
     val = checked_loader(
         val_set,
+        shield_workers=True,
         batch_size=data["val_batch_size"] or 2 * batch_size,
         sampler=ShardSampler(len(val_set), world_size, rank),  # type: ignore[arg-type]
         **common,
     )
-    return Loaders(train, val, sampler, num_classes, steps_per_epoch)
+    return Loaders(train, val, sampler, num_classes, steps_per_epoch, classes)
 
 
 def build_mixup(cfg: Mapping[str, Any], num_classes: int) -> Mixup | None:

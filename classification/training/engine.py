@@ -4,8 +4,11 @@ evaluation with cross-rank metrics, periodic/best checkpoints and exact resumpti
 from __future__ import annotations
 
 import contextlib
+import glob
+import json
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -28,13 +31,14 @@ from .checkpoint import (
     atomic_save,
     atomic_write,
     capture_rng_state,
+    checkpoint_config,
     checkpoint_name,
     list_checkpoints,
     load_training_checkpoint,
     prune_checkpoints,
     restore_rng_state,
 )
-from .config import config_to_yaml
+from .config import RESUME_MAY_CHANGE, config_to_yaml, resume_conflicts
 from .data import build_loaders, build_mixup, resolve_workers, usable_cores
 from .distributed import (
     DistInfo,
@@ -136,9 +140,10 @@ def resolve_run_dir(
 ) -> tuple[Path, Path | None]:
     """The run directory and the checkpoint to resume from (None: a fresh run); reads only.
 
-    `resume` is None, a checkpoint path, or "auto": the latest checkpoint of run.dir, or of the
-    newest `<output>/<name>[-N]` directory; with none found, a fresh run starts (in run.dir, or
-    in the first unused `<output>/<name>[-N]`)."""
+    `resume` is None, a checkpoint path (resumed in run.dir, else beside it), or "auto": the
+    latest checkpoint of run.dir, or of the newest `<output>/<name>` or auto-numbered
+    `<output>/<name>-<N>` directory (never another experiment's `<name>-<suffix>`); with none
+    found, a fresh run starts (in run.dir, or in the first unused `<output>/<name>[-N]`)."""
     run = cfg["run"]
     explicit = Path(run["dir"]) if run["dir"] else None
     base = explicit or Path(run["output"]) / (run["name"] or config_name)
@@ -146,7 +151,9 @@ def resolve_run_dir(
         path = Path(resume)
         return (explicit or path.parent), path
     if resume == "auto":
-        dirs = [base] if explicit else [base, *base.parent.glob(f"{base.name}-*")]
+        numbered = re.compile(rf"{re.escape(base.name)}-\d+")
+        siblings = base.parent.glob(f"{glob.escape(base.name)}-*")
+        dirs = [base] if explicit else [base, *(d for d in siblings if numbered.fullmatch(d.name))]
         latest = [ckpts[-1] for d in dirs if (ckpts := list_checkpoints(d))]
         if latest:
             newest = max(latest, key=lambda p: p.stat().st_mtime)
@@ -161,20 +168,29 @@ def _claim_run_dir(
     cfg: Mapping[str, Any], config_name: str, resume: str | None
 ) -> tuple[Path, Path | None, RunLock]:
     """resolve_run_dir, then lock the directory and check it under the lock: a fresh run must
-    not replace another run's checkpoints or results; "auto" takes the latest checkpoint there
-    now (another training may have added one before it let go of the lock)."""
+    not replace another run's checkpoints or results, and neither may a checkpoint resumed into
+    a directory other than its own; "auto" takes the latest checkpoint there now (another
+    training may have added one before it let go of the lock)."""
     run_dir, resume_path = resolve_run_dir(cfg, config_name, resume)
     lock = RunLock(run_dir).acquire()
     try:
         if resume == "auto":
             ckpts = list_checkpoints(run_dir)
             resume_path = ckpts[-1] if ckpts else None
-        if resume_path is None:
+        elsewhere = resume_path is not None and not _same_dir(resume_path.parent, run_dir)
+        if resume_path is None or elsewhere:
             check_fresh_run_dir(run_dir)
     except BaseException:
         lock.release(cleanup=True)
         raise
     return run_dir, resume_path, lock
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
 
 
 def _saved_epoch(path: Path) -> int | None:
@@ -206,6 +222,28 @@ def _state_mismatch(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -
         if items
     ]
     return "; ".join(parts) or None
+
+
+def _may_change() -> str:
+    """RESUME_MAY_CHANGE in a few words: `run.*`, `data.{path, workers}`, `optim.lr`."""
+    sections: dict[str, list[str]] = {}
+    for key in RESUME_MAY_CHANGE:
+        section, _, rest = key.partition(".")
+        sections.setdefault(section, []).append(rest or "*")
+    parts = []
+    for section, keys in sections.items():
+        inner = keys[0] if len(keys) == 1 else "{" + ", ".join(keys) + "}"
+        parts.append(f"{section}.{inner}")
+    return ", ".join(parts)
+
+
+def _summary_at(path: Path) -> tuple[int, int] | None:
+    """(epoch, step) of a summary.json (None if missing or unreadable)."""
+    try:
+        summary = json.loads(path.read_text())
+        return int(summary["epoch"]), int(summary["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 class _StopRequest:
@@ -267,7 +305,14 @@ class Trainer:
         self.loaders = build_loaders(cfg, info.world_size, info.rank, workers)
         self.spe = self.loaders.steps_per_epoch
         random_seed(train["seed"], 0)  # identical initial weights on every rank and world size
-        raw = build_model(cfg, self.loaders.num_classes).to(info.device)
+        # a resumed run's weights are its checkpoint's: no pretrained / init_checkpoint load
+        try:
+            raw = build_model(cfg, self.loaders.num_classes, load_weights=ckpt is None)
+        except ValueError as err:
+            if resume_path is None:
+                raise
+            raise ValueError(f"--resume {resume_path}: {err}") from err
+        raw = raw.to(info.device)
         if train["channels_last"]:
             raw = raw.to(memory_format=torch.channels_last)
         self.raw_model = raw
@@ -331,10 +376,13 @@ class Trainer:
 
     # ----------------------------------------------------------------- state
     def _check_resumable(self, ckpt: dict[str, Any], path: Path) -> None:
-        """Refuse a checkpoint of another model or class count, before anything is written."""
-        theirs = ckpt["config"]["model"]["name"]
+        """Refuse, before anything is written, a checkpoint of another model, class count or
+        class list, or whose config differs from this one in anything RESUME_MAY_CHANGE lacks."""
+        stored = checkpoint_config(ckpt, path)
+        theirs = stored["model"]["name"]
         ours = self.cfg["model"]["name"]
         classes = ckpt.get("num_classes")
+        names, ours_names = ckpt.get("classes"), self.loaders.classes
         problem = None
         if theirs != ours:
             problem = f"it is a checkpoint of {theirs}, the config builds {ours}"
@@ -342,8 +390,22 @@ class Trainer:
             problem = (
                 f"it has {classes} classes, this config and dataset have {self.loaders.num_classes}"
             )
+        elif names is not None and ours_names is not None and names != ours_names:
+            differ = next(i for i, (a, b) in enumerate(zip(names, ours_names)) if a != b)
+            problem = (
+                f"it was trained on other classes than this dataset's (class {differ} is "
+                f"{names[differ]!r} there, {ours_names[differ]!r} here)"
+            )
         elif (mismatch := _state_mismatch(self.raw_model, ckpt["model"])) is not None:
             problem = f"its weights do not fit the model the config builds: {mismatch}"
+        elif conflicts := resume_conflicts(stored, self.cfg):
+            shown = "; ".join(conflicts[:6]) + ("; ..." if len(conflicts) > 6 else "")
+            raise CheckpointError(
+                f"--resume {path}: its config differs from this command's in {shown}; a resumed "
+                f"run may change only {_may_change()}: resume with the checkpoint's config "
+                f"(leave out --config and those settings), or start a new run in another run "
+                f"directory"
+            )
         if problem:
             raise CheckpointError(
                 f"--resume {path}: {problem}; resume it with its own config (leave out "
@@ -354,7 +416,10 @@ class Trainer:
         self._check_resumable(ckpt, path)
         self.raw_model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
+        # the schedule is the config's (optim.lr, sched.*), built for this run: its state in the
+        # checkpoint would bring back the lr and length the run was started with
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_values):
+            group["initial_lr"] = base
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         if self.ema is not None:
@@ -395,8 +460,12 @@ class Trainer:
         make the logs what an uninterrupted run would have written up to the checkpoint."""
         if not self.info.is_main:
             return
-        text = config_to_yaml(self.cfg)
-        atomic_write(self.run_dir / "config.yaml", lambda f: f.write(text.encode()))
+        resumed = self.resume_path is not None
+        finished = resumed and self.complete  # nothing to train: no settings to record
+        config_path = self.run_dir / "config.yaml"
+        if not (finished and config_path.is_file()):
+            text = config_to_yaml(self.cfg)
+            atomic_write(config_path, lambda f: f.write(text.encode()))
         stale = remove_stale_temporaries(self.run_dir)
         if stale:
             print(
@@ -404,7 +473,6 @@ class Trainer:
                 f"{', '.join(p.name for p in stale)}",
                 flush=True,
             )
-        resumed = self.resume_path is not None
         if resumed:
             self._restore_best()
         if resumed and self.epoch_rows is None:  # an older checkpoint: keep what the CSV has
@@ -418,7 +486,9 @@ class Trainer:
         )
         if resumed and self.epoch_rows:
             last = self.epoch_rows[-1]
-            self.log.write_summary(self._summary(last, int(last["epoch"]), int(last["step"])))
+            epoch, step = int(last["epoch"]), int(last["step"])
+            if not (finished and _summary_at(self.log.summary_path) == (epoch, step)):
+                self.log.write_summary(self._summary(last, epoch, step))
 
     def _restore_best(self) -> None:
         """A kill while best.pth was written leaves it older than the best the checkpoint
@@ -494,6 +564,7 @@ class Trainer:
                 "config": self.cfg,
                 "reason": reason,
                 "num_classes": self.loaders.num_classes,
+                "classes": self.loaders.classes,
             }
             try:
                 atomic_save(state, self.run_dir / checkpoint_name(self.step))

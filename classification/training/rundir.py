@@ -3,6 +3,7 @@ holds, and the temporaries that interrupted writes left behind."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import socket
@@ -56,11 +57,28 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
     return stale
 
 
+# the lock descriptors this process holds: a forked child (a data loader worker) closes its
+# copies at once, so that an orphaned child cannot keep the lock of a process killed with -9
+# (flock locks belong to the open file, which fork shares; exec'd children never inherit it)
+_HELD: set[int] = set()
+
+
+def _close_held_in_child() -> None:
+    for fd in list(_HELD):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held_in_child)
+
+
 class RunLock:
     """An exclusive, non-blocking flock on `<run_dir>/.nat-train.lock`, released by the kernel
-    however the process ends. acquire() creates the directory if needed; release(cleanup=True)
-    also removes the directories acquire() created, when empty (a run that failed its checks
-    leaves nothing behind)."""
+    however the process ends, and never held by the processes it forks. acquire() creates the
+    directory if needed; release(cleanup=True) also removes the directories acquire() created,
+    when empty (a run that failed its checks leaves nothing behind)."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
@@ -113,6 +131,7 @@ class RunLock:
             except FileNotFoundError:
                 same = False
             if same:
+                _HELD.add(fd)
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
                 return fd
@@ -123,6 +142,7 @@ class RunLock:
         acquire() created if nothing else is in them."""
         if self._fd is not None:
             self.path.unlink(missing_ok=True)  # while still holding it: see _lock
+            _HELD.discard(self._fd)
             os.close(self._fd)
             self._fd = None
         if cleanup:
