@@ -24,6 +24,7 @@ import timm
 
 import classification  # noqa: F401  (registers the models)
 from classification.checkpoint import (
+    CheckpointMismatchError,
     checkpoint_filter_fn,
     describe_error,
     hf_to_original,
@@ -84,6 +85,8 @@ def convert(args: argparse.Namespace) -> dict[str, int]:
             if prefix is None:
                 prefix = "nat" if args.model.startswith("nat_") else "dinat"
             sd = original_to_hf(sd, "" if prefix == "none" else prefix)
+    except CheckpointMismatchError as err:  # the file's tensors do not fit --model
+        raise ConvertError(f"{args.src} does not fit --model {args.model}: {err.problem}") from err
     except (KeyError, ValueError) as err:  # keys of no known layout
         raise ConvertError(f"{args.src}: {describe_error(err)}") from err
     except RuntimeError as err:  # load_state_dict: the weights do not fit --model

@@ -57,7 +57,7 @@ def test_base_files_are_read_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     for i in range(levels):
         bases = [f"level{i + 1}.yaml"] * 6
         _write(tmp_path / f"level{i}.yaml", f"_base_: {bases}\noptim: {{lr: {i + 1}.0e-4}}\n")
-    _write(tmp_path / f"level{levels}.yaml", "sched: {epochs: 7}\n")
+    _write(tmp_path / f"level{levels}.yaml", "sched: {epochs: 7, warmup_epochs: 0}\n")
     reads: list[Path] = []
     real_read_bytes = Path.read_bytes
 
@@ -159,7 +159,7 @@ def test_duplicate_yaml_keys_are_refused(tmp_path: Path, capsys, text: str, key:
 def test_yaml_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
     config = _write(
         tmp_path / "merge.yaml",
-        "optim: &o {lr: 0.1, weight_decay: 0.2}\nsched: {epochs: 3}\n"
+        "optim: &o {lr: 0.1, weight_decay: 0.2}\nsched: {epochs: 3, warmup_epochs: 0}\n"
         "model:\n  kwargs:\n    <<: {depths: [1, 1, 1, 1], embed_dim: 8}\n    embed_dim: 16\n",
     )
     cfg = load_config(config)

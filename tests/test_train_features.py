@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import socket
 import struct
 import sys
@@ -162,16 +163,23 @@ def test_channels_last_matches_the_contiguous_run(
 
 
 def test_compile_aot_eager_matches_eager(
-    plain_run: Path, config: Path, data_dir: Path, tmp_path: Path
+    plain_run: Path, config: Path, data_dir: Path, tmp_path: Path, capsys
 ) -> None:
     """train.compile with train.compile_backend=aot_eager (traces forward and backward through
-    dynamo and AOTAutograd, without inductor's C++ code generation, which takes minutes)."""
+    dynamo and AOTAutograd, without inductor's C++ code generation, which takes minutes). The
+    run says when compilation starts and how long the first step took, and names the cache."""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
     counters.clear()
+    capsys.readouterr()
     run = _run(tmp_path, config, data_dir, "train.compile=true", "train.compile_backend=aot_eager")
+    out = capsys.readouterr().out
     assert counters["stats"]["unique_graphs"] >= 1  # the model really went through dynamo
+    assert out.count("compiling the model (torch.compile, backend aot_eager") == 1
+    assert "TORCHINDUCTOR_CACHE_DIR" in out
+    assert re.search(r"compiled: the first step took \d+\.\d s", out)
+    assert out.index("compiling the model") < out.index("compiled: the first step")
     assert _column(run, "loss") == pytest.approx(_column(plain_run, "loss"), rel=1e-4)
     top1 = _column(run, "top1", "epochs.csv")
     assert top1 == pytest.approx(_column(plain_run, "top1", "epochs.csv"), abs=1e-3)

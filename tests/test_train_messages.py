@@ -103,7 +103,19 @@ def test_validate_says_the_class_counts_differ(
         for image in folder.iterdir():
             subset.joinpath(folder.name, image.name).write_bytes(image.read_bytes())
     ckpt = full_run / "checkpoint-00000006.pth"
-    args = ["--checkpoint", str(ckpt), "--data", str(subset.parent), "--workers", "0"]
+    data = ["--data", str(subset.parent), "--workers", "0"]
+    # a nat-train checkpoint knows its classes by name: the labels follow them, and the run
+    # names the classes the folder lacks
+    assert validate_cli.main(["--checkpoint", str(ckpt), *data]) == 0
+    assert "7 of the checkpoint's" in capsys.readouterr().out
+    # plain weights do not: the folder's sorted indices are the labels, and it says so
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    plain = tmp_path / "plain.pth"
+    torch.save(state["model"], plain)
+    model = ["--model", state["config"]["model"]["name"]]
+    if state["config"]["model"]["kwargs"]:
+        model += ["--model-kwargs", json.dumps(state["config"]["model"]["kwargs"])]
+    args = [*model, "--checkpoint", str(plain), "--num-classes", "10", *data]
     assert validate_cli.main(args) == 0
     captured = capsys.readouterr()
     assert "3 class folders" in captured.err and "10 classes" in captured.err

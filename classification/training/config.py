@@ -661,6 +661,7 @@ RESUME_MAY_CHANGE = (
     "model.pretrained",
     "model.init_checkpoint",
     "model.init_num_classes",
+    "model.init_strict",
     "optim.lr",
     "sched.epochs",
     "sched.min_lr",

@@ -275,6 +275,16 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
+def _inductor_cache_dir() -> str:
+    """Where inductor keeps compiled code (TORCHINDUCTOR_CACHE_DIR, or its default)."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+        return cache_dir()
+    except Exception:  # a torch without this helper: name the variable alone
+        return os.environ.get("TORCHINDUCTOR_CACHE_DIR", "inductor's default cache folder")
+
+
 def _batches(loader, device: torch.device, channels_last: bool) -> Iterator[tuple[Any, Any]]:
     for images, target in loader:
         images = images.to(device, non_blocking=True)
@@ -341,6 +351,7 @@ class Trainer:
                 raw, device_ids=[info.local_rank] if info.device.type == "cuda" else None
             )
         self.ddp = model if info.distributed else None
+        self._compile_note: str | None = None  # set by _compiled when the model is compiled
         self.model = self._compiled(model)
         self.mixup = build_mixup(cfg, self.loaders.num_classes)
         smoothing = cfg["aug"]["smoothing"]
@@ -370,6 +381,7 @@ class Trainer:
         if mode == "auto":  # CUDA graphs where the step is host-bound and they are safe
             single = not self.info.distributed and self.cfg["optim"]["accum_steps"] == 1
             mode = "reduce-overhead" if single and self.info.device.type == "cuda" else "default"
+        self._compile_note = f"torch.compile, backend {train['compile_backend']}, mode {mode}"
         mode = None if mode == "default" else mode
         # static shapes: the last, smaller validation batch gets its own graph
         return torch.compile(model, backend=train["compile_backend"], mode=mode, dynamic=False)
@@ -581,6 +593,21 @@ class Trainer:
             raise error
 
     # ----------------------------------------------------------------- loop
+    def _first_step_compiles(self, batches: Iterator[tuple[Any, Any]]):
+        """The run's first step, with one line before and after it when the model is compiled
+        (compilation happens there and takes minutes on a cold cache)."""
+        if self._compile_note is None or not self.info.is_main:
+            return self._train_step(batches)
+        print(f"compiling the model ({self._compile_note}); the first step waits for it; "
+              f"compiled code is cached in {_inductor_cache_dir()} (TORCHINDUCTOR_CACHE_DIR), "
+              f"so a later run of the same model skips most of it", flush=True)  # fmt: skip
+        started = time.perf_counter()
+        result = self._train_step(batches)
+        if self.info.device.type == "cuda":
+            torch.cuda.synchronize(self.info.device)
+        print(f"compiled: the first step took {time.perf_counter() - started:.1f} s", flush=True)
+        return result
+
     def _train_step(
         self, batches: Iterator[tuple[Any, Any]]
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -658,6 +685,7 @@ class Trainer:
         evaluated = [r for r in self.epoch_rows or [] if r.get("top1") not in (None, "")]
         last_metrics: dict[str, Any] = dict(evaluated[-1]) if evaluated else {}
         stopped = False
+        first_step = True
         with _StopRequest() as stop:
             while self.epoch < self.total_epochs and not stopped:
                 epoch = self.epoch
@@ -677,7 +705,11 @@ class Trainer:
                 )
                 t_log, steps_since_log = time.perf_counter(), 0
                 for _ in range(self.spe - done):
-                    loss, grad_norm = self._train_step(batches)
+                    if first_step:
+                        loss, grad_norm = self._first_step_compiles(batches)
+                        first_step = False
+                    else:
+                        loss, grad_norm = self._train_step(batches)
                     self._epoch_loss += loss.double()
                     self._epoch_steps += 1
                     steps_since_log += 1

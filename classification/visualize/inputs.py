@@ -79,19 +79,21 @@ def load_model(
             raise VisualizeError(f"--model-kwargs is not JSON ({err.msg}): {model_kwargs}") from err
         if not isinstance(kwargs, dict):
             raise VisualizeError(f"--model-kwargs must be a JSON object, got {model_kwargs}")
+    # a num_classes of the kwargs is the head size (a checkpoint's head of that size is kept);
+    # the rest are the model's own hyper-parameters, checked as nat-validate checks them
+    num_classes = kwargs.pop("num_classes", None)
     options = argparse.Namespace(
         model=name,
         checkpoint=checkpoint,
         pretrained=pretrained,
-        model_kwargs=model_kwargs,
+        model_kwargs=json.dumps(kwargs) if kwargs else None,
         ema=False,
         checkpoint_num_classes=None,
     )
     try:
         with torch.random.fork_rng(devices=[]):  # the caller's random state is left alone
             torch.manual_seed(seed)
-            # a num_classes of the kwargs is the checkpoint's head size too (the head is kept)
-            model, name, hints = build_for_validation(options, kwargs.get("num_classes"))
+            model, name, hints = build_for_validation(options, num_classes)
     except TypeError as err:  # unexpected constructor arguments
         raise VisualizeError(f"--model-kwargs: {err}") from err
     model = model.to(device).eval()
