@@ -277,8 +277,8 @@ def run_case(name, batch, spatial, heads, dim, ks, dil, rpb_on, opts, dtype=torc
             )
         tokens, window = math.prod(spatial), math.prod(ks)
         if reference._use_dense(tokens, window):
-            # Small maps take the reference's dense path; also time its plain gather path, the
-            # "gather-based reference" of the calibration figures.
+            # Small maps take the reference's dense path; also time its plain gather path,
+            # which serves the larger maps.
             with natten_ext.use_backend("reference"), gather_path_only():
                 timed(
                     "reference_gather",

@@ -1,6 +1,7 @@
 """The README's fine-tuning commands and example run as written, every nat-train command in it
 is a valid configuration, and it states the state dict layout, the detection demo's expected AP,
-the recipes' precision and their published choices with the switches that change them."""
+the recipes' precision and their published choices with the switches that change them. Every
+file the architecture page names exists, and the docs describe the code, not how it was made."""
 
 from __future__ import annotations
 
@@ -109,3 +110,39 @@ def test_readme_states_layout_demo_numbers_and_precision() -> None:
         "30 + 10 epochs",
     ):
         assert needed in training, needed
+
+
+# Where the architecture page names a file relative to its package or folder.
+_ARCH_BASES = (
+    "", "natten_ext", "natten_ext/backends", "classification", "classification/visualize",
+    "detection", "segmentation", "scripts", "configs/classification", "configs/detection",
+)  # fmt: skip
+
+
+def test_architecture_page_names_only_existing_files() -> None:
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    named = {
+        t.rstrip(",.")
+        for t in re.findall(r"`([^`\s]+)`", text)
+        if re.search(r"(/|\.(py|yaml|md|sh|c|h))$", t.rstrip(",.")) and not re.search("~|://", t)
+    }
+    assert len(named) > 40
+    missing = [
+        t
+        for t in sorted(named)
+        if not any(
+            (ROOT / base / t.replace("<model>", "nat_tiny").replace("<family>", "nat")).exists()
+            for base in _ARCH_BASES
+        )
+    ]
+    assert not missing, f"docs/architecture.md names files that do not exist: {missing}"
+
+
+def test_docs_speak_of_the_code_not_of_its_history() -> None:
+    history = re.compile(
+        r"(?i:\bissues? \d+|\bsessions?\b|deliverable|previous build|\b\w+th part\b)"
+        r"|\b[Rr]uns? (?:[A-F]|M\d)\b"
+    )
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        hits = [m.group(0) for m in history.finditer(path.read_text())]
+        assert not hits, f"{path.name}: {hits}"

@@ -370,7 +370,9 @@ DETERMINISTIC_CASES = [
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("case", DETERMINISTIC_CASES, ids=lambda c: "x".join(map(str, c["spatial"])))  # noqa: E501
+@pytest.mark.parametrize(
+    "case", DETERMINISTIC_CASES, ids=lambda c: "x".join(map(str, c["spatial"]))
+)
 def test_deterministic_drpb_gpu(case, monkeypatch):
     monkeypatch.setenv("NATTEN_EXT_DETERMINISTIC", "1")
     first = check_case(case, torch.float32, "cuda", seed=3)
@@ -385,7 +387,7 @@ TUNINGS = [
     {"box_nb": 3, "box_tiles": (4, 8)},
     {"bias_dot_fwd": True},
     {"block_m": 32, "block_n": 32, "stages_dkdv": 2},
-    # the dK/dV config before run E: 8x8 key tiles, 64 queries a step, 4 warps
+    # a dK/dV config other than the default: 8x8 key tiles, 64 queries a step, 4 warps
     {"tiles_dkdv": (1, 8, 8), "block_m": 64, "warps_dkdv": 4, "stages_dkdv": 1},
     {"block_n_fwd": 64, "warps_fwd": 8, "warps_dq": 8, "warps_dkdv": 8},
 ]

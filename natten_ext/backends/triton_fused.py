@@ -10,9 +10,10 @@ plus the logsumexp; the backward allocates nothing of size N*K. Kernels compile 
 Two kernel families serve the calls. 2-D calls whose dilation groups are small enough that a
 tile's key box fits one block (groups of up to 8x8 with kernel size up to 8: 7x7 maps, and every
 dilated level of DiNAT at 224 px) take the one-block kernels of ``_triton_na2d``: each program
-builds its bias-and-mask tile once and reuses it over a run of batch elements (2.6-3.8x faster
-than the generic kernels at those levels on an H200). Everything else takes the generic kernels
-of ``_triton_kernels``. ``_TUNE["box"] = False`` forces the generic ones.
+builds its bias-and-mask tile once and reuses it over a run of batch elements (at those levels
+on an H200: 3.3-4.1x faster forward and 1.8-2.6x faster backward than the generic kernels,
+docs/benchmarks.md). Everything else takes the generic kernels of ``_triton_kernels``.
+``_TUNE["box"] = False`` forces the generic ones.
 
 Relative positional bias: read in fp32 whatever its dtype; its gradient is accumulated in fp32.
 The one-block kernels hold the bias in float16 for 16-bit inputs (float32 for float32 inputs).
@@ -121,7 +122,7 @@ _TUNE: dict = {}
 
 def _config(ndim: int, head_dim: int, sp=None, dil=None) -> dict:
     block_d = _pow2(head_dim)
-    # Chosen from the measurements in docs/benchmarks.md (H200, bf16).
+    # Defaults for every call; 2-D head_dim <= 32 is tuned below (H200, bf16).
     cfg = {
         "tiles": _tiles(ndim),
         "block_n_fwd": 64 if block_d <= 64 and ndim == 1 else 32,  # keys per step (forward)
@@ -138,16 +139,17 @@ def _config(ndim: int, head_dim: int, sp=None, dil=None) -> dict:
         "box_stages": 2,
     }
     if ndim == 2 and block_d <= 32:
-        # NAT/DiNAT's head_dim 32 (runs C and E in docs/benchmarks.md, H200, bf16): smaller tiles
-        # evaluate fewer (query, key) pairs (8x2 queries: a 14x8 key box for 16; 4x8: 10x16
-        # for 32), and 1-2 warps per program keep more programs resident per SM.
+        # NAT/DiNAT's head_dim 32, chosen from the launch-configuration sweep of
+        # scripts/tune_na.py on an H200 (bf16): smaller tiles evaluate fewer (query, key) pairs
+        # (8x2 queries: a 14x8 key box for 16; 4x8: 10x16 for 32), and 1-2 warps per program
+        # keep more programs resident per SM.
         cfg.update(tiles_fwd=(1, 8, 2), block_n_fwd=16, warps_fwd=1)
         cfg.update(tiles_dq=(1, 4, 8), block_n=64, warps_dq=2, stages_dq=3)
         # dK/dV: 8x4 key tiles, one warp, two stages were the fastest or within 1% at every
-        # NAT-Tiny and DiNAT-Tiny level (run E)
+        # NAT-Tiny and DiNAT-Tiny level in that sweep
         cfg.update(tiles_dkdv=(1, 8, 4), block_m=32, warps_dkdv=1, stages_dkdv=2)
         if dil is not None and all(d == 1 for d in dil):
-            cfg["stages_fwd"] = 3  # 3 stages: 1-5% faster undilated, slower dilated (run E)
+            cfg["stages_fwd"] = 3  # 3 stages: 1-5% faster undilated, slower dilated
     cfg.update(_TUNE)
     for name in ("tiles_fwd", "tiles_dq", "tiles_dkdv"):  # per-kernel tiles (default: tiles)
         cfg.setdefault(name, cfg["tiles"])
