@@ -18,7 +18,12 @@ if [ "$("$venv/bin/python" -c 'import torch; print(torch.cuda.is_available())')"
 fi
 # pytest exits 5 when it collects no test: that counts as a failure here like any other non-zero code.
 set +e
-"$venv/bin/python" -m pytest "$@"
+if [ $# -eq 0 ]; then
+    # the whole suite: one pytest-xdist worker per core
+    "$venv/bin/python" -m pytest -n auto
+else
+    "$venv/bin/python" -m pytest "$@"
+fi
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then
