@@ -1,21 +1,22 @@
 """Synthetic scenes of coloured shapes shared by the detection and segmentation demo datasets.
 
 Each scene is a noisy background with a few non-overlapping rectangles, ellipses and triangles;
-every shape comes with its class, polygon and exact pixel mask. Only numpy and Pillow are used, so
-the segmentation demo data can be generated without mmdet installed.
+every shape comes with its class, polygon and exact pixel mask. Numpy and Pillow draw them; files
+are written through :mod:`classification.atomic`. Nothing here needs mmdet, so the segmentation
+demo data can be generated with only the segmentation extra installed.
 """
 
 from __future__ import annotations
 
 import io
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from classification.atomic import atomic_write
 
 SHAPE_CLASSES: tuple[str, ...] = ("rectangle", "ellipse", "triangle")
 SHAPE_PALETTE: tuple[tuple[int, int, int], ...] = ((220, 60, 60), (60, 180, 75), (70, 110, 230))
@@ -101,16 +102,8 @@ def make_scene(
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write `data` to `path` atomically (:func:`classification.atomic.atomic_write`)."""
+    atomic_write(path, lambda f: f.write(data))
 
 
 def save_image_atomic(path: Path, array: np.ndarray) -> None:
