@@ -23,21 +23,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3, accuracy, dispatch_clip_grad, random_seed
 from torch.nn.parallel import DistributedDataParallel
 
-from ..atomic import atomic_copy
-from .checkpoint import (
-    FORMAT,
-    CheckpointError,
-    CheckpointWriteError,
-    atomic_save,
-    atomic_write,
-    capture_rng_state,
-    checkpoint_config,
-    checkpoint_name,
-    list_checkpoints,
-    load_training_checkpoint,
-    prune_checkpoints,
-    restore_rng_state,
-)
+from ..atomic import atomic_copy, atomic_write
 from .config import RESUME_MAY_CHANGE, config_to_yaml, resume_conflicts
 from .data import build_loaders, build_mixup, resolve_workers, usable_cores
 from .distributed import (
@@ -53,6 +39,19 @@ from .optim import build_optimizer, build_scheduler, describe_schedule
 from .progress import Progress
 from .rundir import RunLock, check_fresh_run_dir, remove_stale_temporaries
 from .runlog import EPOCH_FIELDS, RunLogger, truncate_csv
+from .state import (
+    FORMAT,
+    CheckpointError,
+    CheckpointWriteError,
+    atomic_save,
+    capture_rng_state,
+    checkpoint_config,
+    checkpoint_name,
+    list_checkpoints,
+    load_training_checkpoint,
+    prune_checkpoints,
+    restore_rng_state,
+)
 
 __all__ = ["TrainingError", "autocast_for", "evaluate", "resolve_run_dir", "train"]
 

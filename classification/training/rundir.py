@@ -10,7 +10,7 @@ import socket
 from pathlib import Path
 
 from ..atomic import stale_temporaries
-from .checkpoint import list_checkpoints
+from .state import list_checkpoints
 
 __all__ = ["LOCK_NAME", "RunDirError", "RunLock", "previous_results", "remove_stale_temporaries"]
 
