@@ -18,12 +18,11 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models.swin_transformer import PatchMerging
 from torch import nn
 
-from natten_ext.fast_linear import FastLinear
-
 from .dilation import D224, D384
-from .fast_layernorm import FastLayerNorm
 from .layers import (
     HierarchicalMixin,
+    LayerNorm,
+    Linear,
     build_levels,
     check_hierarchical_args,
     materialize,
@@ -69,7 +68,7 @@ class DiNAT_s(HierarchicalMixin, nn.Module):
         in_chans: int = 3,
         num_classes: int = 1000,
         global_pool: str = "avg",
-        norm_layer: Callable[..., nn.Module] = FastLayerNorm,
+        norm_layer: Callable[..., nn.Module] = LayerNorm,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         **kwargs: Any,
@@ -117,7 +116,7 @@ class DiNAT_s(HierarchicalMixin, nn.Module):
                 norm_layer=norm_layer,
             )
             self.norm = norm_layer(self.num_features)
-            self.head = FastLinear(self.num_features, num_classes) if num_classes else nn.Identity()
+            self.head = Linear(self.num_features, num_classes) if num_classes else nn.Identity()
         materialize(self, device, dtype)
 
 

@@ -25,10 +25,7 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 from torch import Tensor, nn
 
-from natten_ext.fast_linear import FastLinear
-
-from .fast_layernorm import FastLayerNorm
-from .layers import ClassifierMixin, NATransformerBlock, materialize
+from .layers import ClassifierMixin, LayerNorm, Linear, NATransformerBlock, materialize
 from .pretrained import build_zoo_model
 
 __all__ = ["GlobalAttentionRPB", "NATIsotropic"]
@@ -89,13 +86,13 @@ class GlobalAttentionRPB(nn.Module):
         self.head_dim = dim // num_heads
         self.scale = qk_scale if qk_scale is not None else self.head_dim**-0.5
         self.grid_size = grid_size
-        self.qkv = FastLinear(dim, dim * 3, bias=qkv_bias)
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
         self.rpb = nn.Parameter(torch.empty(num_heads, 2 * grid_size - 1, 2 * grid_size - 1))
         self.register_buffer(
             "relative_position_index", torch.empty(grid_size**2, grid_size**2, dtype=torch.long)
         )
         self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = FastLinear(dim, dim)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.reset_parameters()
 
@@ -149,7 +146,7 @@ class NATIsotropic(ClassifierMixin, nn.Module):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.1,
         global_pool: str = "avg",
-        norm_layer: Callable[..., nn.Module] = FastLayerNorm,
+        norm_layer: Callable[..., nn.Module] = LayerNorm,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         **kwargs: Any,
@@ -210,7 +207,7 @@ class NATIsotropic(ClassifierMixin, nn.Module):
                 )
             )
             self.norm = norm_layer(embed_dim)
-            self.head = FastLinear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+            self.head = Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.feature_info = [
             dict(num_chs=embed_dim, reduction=patch_size, module=f"layers.{i}")
             for i in range(depth)

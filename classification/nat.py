@@ -16,12 +16,11 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs, register_model
 from torch import Tensor, nn
 
-from natten_ext.fast_linear import FastLinear
-
 from .dilation import D224, D384
-from .fast_layernorm import FastLayerNorm
 from .layers import (
     HierarchicalMixin,
+    LayerNorm,
+    Linear,
     build_levels,
     check_hierarchical_args,
     materialize,
@@ -61,7 +60,7 @@ class ConvTokenizer(nn.Module):
         self,
         in_chans: int = 3,
         embed_dim: int = 64,
-        norm_layer: Callable[..., nn.Module] = FastLayerNorm,
+        norm_layer: Callable[..., nn.Module] = LayerNorm,
     ) -> None:
         super().__init__()
         self.proj = nn.Sequential(
@@ -78,7 +77,7 @@ class ConvTokenizer(nn.Module):
 class ConvDownsampler(nn.Module):
     """3x3 stride-2 convolution ``dim -> 2 dim`` without bias, then LayerNorm; channels-last."""
 
-    def __init__(self, dim: int, norm_layer: Callable[..., nn.Module] = FastLayerNorm) -> None:
+    def __init__(self, dim: int, norm_layer: Callable[..., nn.Module] = LayerNorm) -> None:
         super().__init__()
         self.reduction = nn.Conv2d(dim, 2 * dim, kernel_size=3, stride=2, padding=1, bias=False)
         self.norm = norm_layer(2 * dim)
@@ -129,7 +128,7 @@ class NAT(HierarchicalMixin, nn.Module):
         in_chans: int = 3,
         num_classes: int = 1000,
         global_pool: str = "avg",
-        norm_layer: Callable[..., nn.Module] = FastLayerNorm,
+        norm_layer: Callable[..., nn.Module] = LayerNorm,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         **kwargs: Any,
@@ -169,7 +168,7 @@ class NAT(HierarchicalMixin, nn.Module):
                 norm_layer=norm_layer,
             )
             self.norm = norm_layer(self.num_features)
-            self.head = FastLinear(self.num_features, num_classes) if num_classes else nn.Identity()
+            self.head = Linear(self.num_features, num_classes) if num_classes else nn.Identity()
         materialize(self, device, dtype)
 
 

@@ -1,0 +1,54 @@
+"""The layers the zoo's models are built from.
+
+A model names "a Linear", "a LayerNorm" (and the blocks made of them) from here; this package
+decides how each runs on each device:
+
+- :mod:`.linear`: ``Linear`` is :class:`FastLinear`, an ``nn.Linear`` whose float32 CPU inference
+  runs oneDNN's matmul.
+- :mod:`.norm`: ``LayerNorm`` is :class:`FastLayerNorm`, an ``nn.LayerNorm`` running Triton
+  kernels for 16-bit work on CUDA.
+- :mod:`.attention`: :func:`neighborhood_attention`, ``natten_ext``'s attention module with
+  ``qkv`` and ``proj`` on ``Linear``.
+- :mod:`.blocks`: :class:`NATransformerBlock`, :class:`Mlp`, :class:`NALevel` and
+  :func:`build_levels`, shared by the NAT/DiNAT, DiNAT_s and isotropic classifiers.
+- :mod:`.model_api`: the timm model API of the three families (:class:`ClassifierMixin`,
+  :class:`HierarchicalMixin`) and the helpers their constructors share (:func:`materialize`).
+
+Each stands in for its PyTorch layer: the same constructor, parameters and state dict.
+"""
+
+from .attention import neighborhood_attention
+from .blocks import Mlp, NALevel, NATransformerBlock, build_levels
+from .linear import FastLinear, Linear, onednn_linear_applies, use_fast_linears
+from .model_api import (
+    ClassifierMixin,
+    HierarchicalMixin,
+    check_dilations,
+    check_hierarchical_args,
+    init_module_weights,
+    materialize,
+    pretrained_tag_defaults,
+)
+from .norm import FastLayerNorm, LayerNorm, fast_layer_norm
+
+__all__ = [
+    "ClassifierMixin",
+    "FastLayerNorm",
+    "FastLinear",
+    "HierarchicalMixin",
+    "LayerNorm",
+    "Linear",
+    "Mlp",
+    "NALevel",
+    "NATransformerBlock",
+    "build_levels",
+    "check_dilations",
+    "check_hierarchical_args",
+    "fast_layer_norm",
+    "init_module_weights",
+    "materialize",
+    "neighborhood_attention",
+    "onednn_linear_applies",
+    "pretrained_tag_defaults",
+    "use_fast_linears",
+]
