@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from .dilation import D224, D384
 from .layers import (
+    Conv2d,
     HierarchicalMixin,
     LayerNorm,
     Linear,
@@ -31,28 +32,6 @@ from .pretrained import build_zoo_model
 __all__ = ["NAT", "ConvDownsampler", "ConvTokenizer", "DiNAT"]
 
 
-def cpu_conv_layout(x: Tensor, weight: Tensor) -> Tensor:
-    """``x`` (an NCHW view) in the memory layout that makes a convolution with ``weight`` fastest
-    on the CPU.
-
-    oneDNN converts whichever of input and weight is not in the layout it runs on, on every
-    call: channels-last input makes it reorder the weight, NCHW input the activation. The smaller
-    copy wins (measured at batch 1: the stem runs 1.8x faster channels-last, the 14x14 -> 7x7
-    downsampler 2.6x faster NCHW). A graph traced with a symbolic batch (``torch.export`` with a
-    dynamic batch) decides from one sample's size, so that the choice puts no guard on the batch.
-    Other devices get ``x`` as it is.
-    """
-    if x.device.type != "cpu":
-        return x
-    size = x.numel() if isinstance(x.shape[0], int) else x[0].numel()
-    if weight.numel() > size:
-        return x.contiguous()
-    return x.contiguous(memory_format=torch.channels_last)
-
-
-torch.fx.wrap("cpu_conv_layout")  # a leaf of FX graphs: the layout is chosen when they run
-
-
 class ConvTokenizer(nn.Module):
     """Stem: two 3x3 stride-2 convolutions (``in_chans -> C/2 -> C``), channels-last, LayerNorm."""
 
@@ -63,15 +42,14 @@ class ConvTokenizer(nn.Module):
         norm_layer: Callable[..., nn.Module] = LayerNorm,
     ) -> None:
         super().__init__()
-        self.proj = nn.Sequential(
-            nn.Conv2d(in_chans, embed_dim // 2, kernel_size=3, stride=2, padding=1),
+        self.proj = nn.Sequential(  # on the CPU the first one picks the layout the stem runs in
+            Conv2d(in_chans, embed_dim // 2, kernel_size=3, stride=2, padding=1),
             nn.Conv2d(embed_dim // 2, embed_dim, kernel_size=3, stride=2, padding=1),
         )
         self.norm = norm_layer(embed_dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.proj(cpu_conv_layout(x, self.proj[0].weight))
-        return self.norm(x.permute(0, 2, 3, 1))
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
 
 
 class ConvDownsampler(nn.Module):
@@ -79,12 +57,11 @@ class ConvDownsampler(nn.Module):
 
     def __init__(self, dim: int, norm_layer: Callable[..., nn.Module] = LayerNorm) -> None:
         super().__init__()
-        self.reduction = nn.Conv2d(dim, 2 * dim, kernel_size=3, stride=2, padding=1, bias=False)
+        self.reduction = Conv2d(dim, 2 * dim, kernel_size=3, stride=2, padding=1, bias=False)
         self.norm = norm_layer(2 * dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = cpu_conv_layout(x.permute(0, 3, 1, 2), self.reduction.weight)
-        return self.norm(self.reduction(x).permute(0, 2, 3, 1))
+        return self.norm(self.reduction(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
 
 
 class NAT(HierarchicalMixin, nn.Module):

@@ -1,10 +1,12 @@
 """The layers the zoo's models are built from.
 
-A model names "a Linear", "a LayerNorm" (and the blocks made of them) from here; this package
-decides how each runs on each device:
+A model names "a Linear", "a LayerNorm", "a convolution" (and the blocks made of them) from
+here; this package decides how each runs on each device:
 
 - :mod:`.linear`: ``Linear`` is :class:`FastLinear`, an ``nn.Linear`` whose float32 CPU inference
   runs oneDNN's matmul.
+- :mod:`.conv`: ``Conv2d`` is an ``nn.Conv2d`` whose input takes the memory layout that runs it
+  fastest on the CPU (:func:`cpu_conv_layout`).
 - :mod:`.norm`: ``LayerNorm`` is :class:`FastLayerNorm`, an ``nn.LayerNorm`` running Triton
   kernels for 16-bit work on CUDA.
 - :mod:`.attention`: :func:`neighborhood_attention`, ``natten_ext``'s attention module with
@@ -19,6 +21,7 @@ Each stands in for its PyTorch layer: the same constructor, parameters and state
 
 from .attention import neighborhood_attention
 from .blocks import Mlp, NALevel, NATransformerBlock, build_levels
+from .conv import Conv2d, cpu_conv_layout
 from .linear import FastLinear, Linear, onednn_linear_applies, use_fast_linears
 from .model_api import (
     ClassifierMixin,
@@ -33,6 +36,7 @@ from .norm import FastLayerNorm, LayerNorm, fast_layer_norm
 
 __all__ = [
     "ClassifierMixin",
+    "Conv2d",
     "FastLayerNorm",
     "FastLinear",
     "HierarchicalMixin",
@@ -44,6 +48,7 @@ __all__ = [
     "build_levels",
     "check_dilations",
     "check_hierarchical_args",
+    "cpu_conv_layout",
     "fast_layer_norm",
     "init_module_weights",
     "materialize",
