@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ..atomic import atomic_copy
+from ..checkpoint import mismatch
 from .config import RESUME_MAY_CHANGE, resume_conflicts
 from .state import CheckpointError, checkpoint_config, checkpoint_name
 
@@ -63,14 +64,7 @@ def check_resumable(
 
 def _state_mismatch(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> str | None:
     """How `state` differs from the model's own state dict in keys and shapes (None if not)."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
+    missing, unexpected, shapes = mismatch(model, state)
     parts = [
         f"{len(items)} {what} (e.g. {items[0]})"
         for items, what in (
