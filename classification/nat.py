@@ -12,7 +12,6 @@ from functools import partial
 from typing import Any
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs, register_model
 from torch import Tensor, nn
 
@@ -27,7 +26,7 @@ from .layers import (
     materialize,
     pretrained_tag_defaults,
 )
-from .pretrained import build_zoo_model
+from .pretrained import build_zoo_model, zoo_cfg
 
 __all__ = ["NAT", "ConvDownsampler", "ConvTokenizer", "DiNAT"]
 
@@ -157,27 +156,12 @@ def _create_nat(variant: str, pretrained: bool = False, **kwargs: Any) -> NAT:
 
 
 def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
-    return {
-        "url": url,
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "fixed_input_size": False,
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "patch_embed.proj.0",
-        "classifier": "head",
-        "license": "mit",
-        "origin_url": _ORIGIN,
-        "paper_ids": _NAT_PAPER if "/nat/" in url else _DINAT_PAPER,
-        **kwargs,
-    }
+    paper = _NAT_PAPER if "/nat/" in url else _DINAT_PAPER
+    arch = dict(pool_size=(7, 7), first_conv="patch_embed.proj.0", paper_ids=paper)
+    return zoo_cfg(url, arch, **kwargs)
 
 
 _NAT = "https://shi-labs.com/projects/nat/checkpoints/CLS/"
-_ORIGIN = "https://github.com/SHI-Labs/Neighborhood-Attention-Transformer"
 _NAT_PAPER, _DINAT_PAPER = "arXiv:2204.07143", "arXiv:2209.15001"
 _DINAT = "https://shi-labs.com/projects/dinat/checkpoints/"
 _384 = dict(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0)

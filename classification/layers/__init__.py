@@ -11,8 +11,9 @@ here; this package decides how each runs on each device:
   kernels for 16-bit work on CUDA.
 - :mod:`.attention`: :func:`neighborhood_attention`, ``natten_ext``'s attention module with
   ``qkv`` and ``proj`` on ``Linear``.
-- :mod:`.blocks`: :class:`NATransformerBlock`, :class:`Mlp`, :class:`NALevel` and
-  :func:`build_levels`, shared by the NAT/DiNAT, DiNAT_s and isotropic classifiers.
+- :mod:`.blocks`: :class:`NATransformerBlock`, :class:`Mlp`, :class:`NALevel`,
+  :func:`build_levels` and :func:`patch_embedding`, shared by the NAT/DiNAT, DiNAT_s and
+  isotropic classifiers.
 - :mod:`.model_api`: the timm model API of the three families (:class:`ClassifierMixin`,
   :class:`HierarchicalMixin`) and the helpers their constructors share (:func:`materialize`).
 
@@ -20,7 +21,7 @@ Each stands in for its PyTorch layer: the same constructor, parameters and state
 """
 
 from .attention import neighborhood_attention
-from .blocks import Mlp, NALevel, NATransformerBlock, build_levels
+from .blocks import Mlp, NALevel, NATransformerBlock, build_levels, patch_embedding
 from .conv import Conv2d, cpu_conv_layout
 from .linear import FastLinear, Linear, onednn_linear_applies, use_fast_linears
 from .model_api import (
@@ -54,6 +55,7 @@ __all__ = [
     "materialize",
     "neighborhood_attention",
     "onednn_linear_applies",
+    "patch_embedding",
     "pretrained_tag_defaults",
     "use_fast_linears",
 ]

@@ -5,13 +5,14 @@
 - :class:`Mlp`: the block's MLP, timm's ``Mlp`` on the package's :data:`~.linear.Linear`.
 - :class:`NALevel`: a level of blocks with an optional downsampler run *after* the blocks, and
   :func:`build_levels`, the levels of a hierarchical model.
+- :func:`patch_embedding`: the patch-embedding stem of DiNAT_s and the isotropic models.
 """
 
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from timm.layers import DropPath
+from timm.layers import DropPath, PatchEmbed
 from timm.models._manipulate import checkpoint
 from torch import Tensor, nn
 
@@ -19,7 +20,25 @@ from .attention import neighborhood_attention
 from .linear import Linear
 from .norm import LayerNorm
 
-__all__ = ["Mlp", "NALevel", "NATransformerBlock", "build_levels"]
+__all__ = ["Mlp", "NALevel", "NATransformerBlock", "build_levels", "patch_embedding"]
+
+
+def patch_embedding(
+    patch_size: int, in_chans: int, embed_dim: int, norm_layer: Callable[..., nn.Module]
+) -> PatchEmbed:
+    """timm's ``PatchEmbed`` (a ``patch_size`` stride convolution, then ``norm_layer``; keys
+    ``proj``, ``norm``) for any input size, zero-padded up to a multiple of the patch, with
+    channels-last ``[B, H, W, C]`` output."""
+    return PatchEmbed(
+        img_size=None,
+        patch_size=patch_size,
+        in_chans=in_chans,
+        embed_dim=embed_dim,
+        norm_layer=norm_layer,
+        output_fmt="NHWC",
+        strict_img_size=False,
+        dynamic_img_pad=True,
+    )
 
 
 class Mlp(nn.Module):
