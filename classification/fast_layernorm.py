@@ -1,4 +1,4 @@
-"""Former home of the Triton LayerNorm, now :mod:`classification.layers.norm`; re-exported."""
+"""The Triton LayerNorm under this import path; the code is in :mod:`classification.layers.norm`."""
 
 from .layers.norm import FastLayerNorm, fast_layer_norm
 

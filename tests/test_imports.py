@@ -1,5 +1,5 @@
 """Every package of the project imports, the operator without the packages above it, and the
-modules that moved still import under their former names."""
+re-exporting modules give the objects of the modules that hold the code."""
 
 import importlib
 import subprocess
@@ -27,7 +27,7 @@ def test_the_operator_imports_nothing_of_the_models():
 
 
 @pytest.mark.parametrize(
-    "old, new, names",
+    "alias, home, names",
     [
         ("classification.fast_layernorm", "classification.layers.norm", ["FastLayerNorm"]),
         (
@@ -37,6 +37,6 @@ def test_the_operator_imports_nothing_of_the_models():
         ),
     ],
 )
-def test_former_module_paths_give_the_same_objects(old, new, names):
-    before, now = importlib.import_module(old), importlib.import_module(new)
-    assert all(getattr(before, name) is getattr(now, name) for name in names)
+def test_re_exporting_modules_give_the_same_objects(alias, home, names):
+    there, here = importlib.import_module(alias), importlib.import_module(home)
+    assert all(getattr(there, name) is getattr(here, name) for name in names)

@@ -17,7 +17,8 @@ here; this package decides how each runs on each device:
 - :mod:`.model_api`: the timm model API of the three families (:class:`ClassifierMixin`,
   :class:`HierarchicalMixin`) and the helpers their constructors share (:func:`materialize`).
 
-Each stands in for its PyTorch layer: the same constructor, parameters and state dict.
+``Linear``, ``LayerNorm`` and ``Conv2d`` each stand in for their PyTorch layer: the same
+constructor, parameters and state dict.
 """
 
 from .attention import neighborhood_attention

@@ -1,4 +1,4 @@
-"""Former name of :mod:`classification.training.state` (training checkpoints), re-exported."""
+"""Training checkpoints under this import path; the code is in :mod:`.state`."""
 
 from ..atomic import atomic_write  # noqa: F401
 from .state import *  # noqa: F403
