@@ -1,4 +1,6 @@
-"""Checkpoint formats: the original authors' state dicts and the Hugging Face ``transformers`` port.
+"""Model weights files: reading, converting and fitting published checkpoints (the original
+authors' state dicts, the Hugging Face ``transformers`` port) to the zoo's models. The training
+state nat-train writes to resume a run is :mod:`classification.training.state`.
 
 - :func:`checkpoint_filter_fn` is timm's ``pretrained_filter_fn`` for every family: it unwraps
   training checkpoints, converts the HF layout, resizes ``rpb`` tables bicubically to the model's

@@ -12,24 +12,22 @@ from functools import partial
 from typing import Any
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import PatchEmbed
 from timm.models import generate_default_cfgs, register_model
 from timm.models.swin_transformer import PatchMerging
 from torch import nn
 
-from natten_ext.fast_linear import FastLinear
-
 from .dilation import D224, D384
-from .fast_layernorm import FastLayerNorm
 from .layers import (
     HierarchicalMixin,
+    LayerNorm,
+    Linear,
     build_levels,
     check_hierarchical_args,
     materialize,
+    patch_embedding,
     pretrained_tag_defaults,
 )
-from .pretrained import build_zoo_model
+from .pretrained import build_zoo_model, zoo_cfg
 
 __all__ = ["DiNAT_s"]
 
@@ -69,7 +67,7 @@ class DiNAT_s(HierarchicalMixin, nn.Module):
         in_chans: int = 3,
         num_classes: int = 1000,
         global_pool: str = "avg",
-        norm_layer: Callable[..., nn.Module] = FastLayerNorm,
+        norm_layer: Callable[..., nn.Module] = LayerNorm,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         **kwargs: Any,
@@ -88,16 +86,7 @@ class DiNAT_s(HierarchicalMixin, nn.Module):
         self.num_features = self.head_hidden_size = dims[-1]
 
         with torch.device("meta"):  # allocated and initialised by materialize() below
-            self.patch_embed = PatchEmbed(
-                img_size=None,
-                patch_size=patch_size,
-                in_chans=in_chans,
-                embed_dim=embed_dim,
-                norm_layer=norm_layer,
-                output_fmt="NHWC",
-                strict_img_size=False,
-                dynamic_img_pad=True,
-            )
+            self.patch_embed = patch_embedding(patch_size, in_chans, embed_dim, norm_layer)
             self.pos_drop = nn.Dropout(drop_rate)
             self.layers, self.feature_info = build_levels(
                 dims,
@@ -117,7 +106,7 @@ class DiNAT_s(HierarchicalMixin, nn.Module):
                 norm_layer=norm_layer,
             )
             self.norm = norm_layer(self.num_features)
-            self.head = FastLinear(self.num_features, num_classes) if num_classes else nn.Identity()
+            self.head = Linear(self.num_features, num_classes) if num_classes else nn.Identity()
         materialize(self, device, dtype)
 
 
@@ -126,23 +115,8 @@ def _create_dinat_s(variant: str, pretrained: bool = False, **kwargs: Any) -> Di
 
 
 def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
-    return {
-        "url": url,
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "fixed_input_size": False,
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "patch_embed.proj",
-        "classifier": "head",
-        "license": "mit",
-        "origin_url": "https://github.com/SHI-Labs/Neighborhood-Attention-Transformer",
-        "paper_ids": "arXiv:2209.15001",
-        **kwargs,
-    }
+    arch = dict(pool_size=(7, 7), first_conv="patch_embed.proj", paper_ids="arXiv:2209.15001")
+    return zoo_cfg(url, arch, **kwargs)
 
 
 _URL = "https://shi-labs.com/projects/dinat/checkpoints/"

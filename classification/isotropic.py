@@ -14,8 +14,7 @@ from functools import partial
 from typing import Any
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import PatchEmbed, trunc_normal_
+from timm.layers import trunc_normal_
 from timm.models import (
     generate_default_cfgs,
     register_model,
@@ -25,11 +24,15 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 from torch import Tensor, nn
 
-from natten_ext.fast_linear import FastLinear
-
-from .fast_layernorm import FastLayerNorm
-from .layers import ClassifierMixin, NATransformerBlock, materialize
-from .pretrained import build_zoo_model
+from .layers import (
+    ClassifierMixin,
+    LayerNorm,
+    Linear,
+    NATransformerBlock,
+    materialize,
+    patch_embedding,
+)
+from .pretrained import build_zoo_model, zoo_cfg
 
 __all__ = ["GlobalAttentionRPB", "NATIsotropic"]
 
@@ -89,13 +92,13 @@ class GlobalAttentionRPB(nn.Module):
         self.head_dim = dim // num_heads
         self.scale = qk_scale if qk_scale is not None else self.head_dim**-0.5
         self.grid_size = grid_size
-        self.qkv = FastLinear(dim, dim * 3, bias=qkv_bias)
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
         self.rpb = nn.Parameter(torch.empty(num_heads, 2 * grid_size - 1, 2 * grid_size - 1))
         self.register_buffer(
             "relative_position_index", torch.empty(grid_size**2, grid_size**2, dtype=torch.long)
         )
         self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = FastLinear(dim, dim)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.reset_parameters()
 
@@ -149,7 +152,7 @@ class NATIsotropic(ClassifierMixin, nn.Module):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.1,
         global_pool: str = "avg",
-        norm_layer: Callable[..., nn.Module] = FastLayerNorm,
+        norm_layer: Callable[..., nn.Module] = LayerNorm,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         **kwargs: Any,
@@ -179,16 +182,7 @@ class NATIsotropic(ClassifierMixin, nn.Module):
         )
         dpr = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
         with torch.device("meta"):  # allocated and initialised by materialize() below
-            self.patch_embed = PatchEmbed(
-                img_size=None,
-                patch_size=patch_size,
-                in_chans=in_chans,
-                embed_dim=embed_dim,
-                norm_layer=norm_layer,
-                output_fmt="NHWC",
-                strict_img_size=False,
-                dynamic_img_pad=True,
-            )
+            self.patch_embed = patch_embedding(patch_size, in_chans, embed_dim, norm_layer)
             self.pos_drop = nn.Dropout(drop_rate)
             self.layers = nn.Sequential(
                 *(
@@ -210,7 +204,7 @@ class NATIsotropic(ClassifierMixin, nn.Module):
                 )
             )
             self.norm = norm_layer(embed_dim)
-            self.head = FastLinear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+            self.head = Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.feature_info = [
             dict(num_chs=embed_dim, reduction=patch_size, module=f"layers.{i}")
             for i in range(depth)
@@ -282,23 +276,8 @@ def _create_isotropic(variant: str, pretrained: bool = False, **kwargs: Any) -> 
 
 
 def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
-    return {
-        "url": url,
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (14, 14),
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "fixed_input_size": False,
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "patch_embed.proj",
-        "classifier": "head",
-        "license": "mit",
-        "origin_url": "https://github.com/SHI-Labs/Neighborhood-Attention-Transformer",
-        "paper_ids": "arXiv:2209.15001",
-        **kwargs,
-    }
+    arch = dict(pool_size=(14, 14), first_conv="patch_embed.proj", paper_ids="arXiv:2209.15001")
+    return zoo_cfg(url, arch, **kwargs)
 
 
 _URL = "https://shi-labs.com/projects/dinat/checkpoints/isotropic/"

@@ -12,46 +12,23 @@ from functools import partial
 from typing import Any
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs, register_model
 from torch import Tensor, nn
 
-from natten_ext.fast_linear import FastLinear
-
 from .dilation import D224, D384
-from .fast_layernorm import FastLayerNorm
 from .layers import (
+    Conv2d,
     HierarchicalMixin,
+    LayerNorm,
+    Linear,
     build_levels,
     check_hierarchical_args,
     materialize,
     pretrained_tag_defaults,
 )
-from .pretrained import build_zoo_model
+from .pretrained import build_zoo_model, zoo_cfg
 
 __all__ = ["NAT", "ConvDownsampler", "ConvTokenizer", "DiNAT"]
-
-
-def cpu_conv_layout(x: Tensor, weight: Tensor) -> Tensor:
-    """``x`` (an NCHW view) in the memory layout that makes a convolution with ``weight`` fastest
-    on the CPU.
-
-    oneDNN converts whichever of input and weight is not in the layout it runs on, on every
-    call: channels-last input makes it reorder the weight, NCHW input the activation. The smaller
-    copy wins (measured at batch 1: the stem runs 1.8x faster channels-last, the 14x14 -> 7x7
-    downsampler 2.6x faster NCHW). A graph traced with a symbolic batch (``torch.export`` with a
-    dynamic batch) decides from one sample's size, so that the choice puts no guard on the batch.
-    Other devices get ``x`` as it is.
-    """
-    if x.device.type != "cpu":
-        return x
-    size = x.numel() if isinstance(x.shape[0], int) else x[0].numel()
-    if weight.numel() > size:
-        return x.contiguous()
-    return x.contiguous(memory_format=torch.channels_last)
-
-
-torch.fx.wrap("cpu_conv_layout")  # a leaf of FX graphs: the layout is chosen when they run
 
 
 class ConvTokenizer(nn.Module):
@@ -61,31 +38,29 @@ class ConvTokenizer(nn.Module):
         self,
         in_chans: int = 3,
         embed_dim: int = 64,
-        norm_layer: Callable[..., nn.Module] = FastLayerNorm,
+        norm_layer: Callable[..., nn.Module] = LayerNorm,
     ) -> None:
         super().__init__()
-        self.proj = nn.Sequential(
-            nn.Conv2d(in_chans, embed_dim // 2, kernel_size=3, stride=2, padding=1),
+        self.proj = nn.Sequential(  # on the CPU the first one picks the layout the stem runs in
+            Conv2d(in_chans, embed_dim // 2, kernel_size=3, stride=2, padding=1),
             nn.Conv2d(embed_dim // 2, embed_dim, kernel_size=3, stride=2, padding=1),
         )
         self.norm = norm_layer(embed_dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.proj(cpu_conv_layout(x, self.proj[0].weight))
-        return self.norm(x.permute(0, 2, 3, 1))
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
 
 
 class ConvDownsampler(nn.Module):
     """3x3 stride-2 convolution ``dim -> 2 dim`` without bias, then LayerNorm; channels-last."""
 
-    def __init__(self, dim: int, norm_layer: Callable[..., nn.Module] = FastLayerNorm) -> None:
+    def __init__(self, dim: int, norm_layer: Callable[..., nn.Module] = LayerNorm) -> None:
         super().__init__()
-        self.reduction = nn.Conv2d(dim, 2 * dim, kernel_size=3, stride=2, padding=1, bias=False)
+        self.reduction = Conv2d(dim, 2 * dim, kernel_size=3, stride=2, padding=1, bias=False)
         self.norm = norm_layer(2 * dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = cpu_conv_layout(x.permute(0, 3, 1, 2), self.reduction.weight)
-        return self.norm(self.reduction(x).permute(0, 2, 3, 1))
+        return self.norm(self.reduction(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
 
 
 class NAT(HierarchicalMixin, nn.Module):
@@ -129,7 +104,7 @@ class NAT(HierarchicalMixin, nn.Module):
         in_chans: int = 3,
         num_classes: int = 1000,
         global_pool: str = "avg",
-        norm_layer: Callable[..., nn.Module] = FastLayerNorm,
+        norm_layer: Callable[..., nn.Module] = LayerNorm,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         **kwargs: Any,
@@ -169,7 +144,7 @@ class NAT(HierarchicalMixin, nn.Module):
                 norm_layer=norm_layer,
             )
             self.norm = norm_layer(self.num_features)
-            self.head = FastLinear(self.num_features, num_classes) if num_classes else nn.Identity()
+            self.head = Linear(self.num_features, num_classes) if num_classes else nn.Identity()
         materialize(self, device, dtype)
 
 
@@ -181,27 +156,12 @@ def _create_nat(variant: str, pretrained: bool = False, **kwargs: Any) -> NAT:
 
 
 def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
-    return {
-        "url": url,
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "fixed_input_size": False,
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "patch_embed.proj.0",
-        "classifier": "head",
-        "license": "mit",
-        "origin_url": _ORIGIN,
-        "paper_ids": _NAT_PAPER if "/nat/" in url else _DINAT_PAPER,
-        **kwargs,
-    }
+    paper = _NAT_PAPER if "/nat/" in url else _DINAT_PAPER
+    arch = dict(pool_size=(7, 7), first_conv="patch_embed.proj.0", paper_ids=paper)
+    return zoo_cfg(url, arch, **kwargs)
 
 
 _NAT = "https://shi-labs.com/projects/nat/checkpoints/CLS/"
-_ORIGIN = "https://github.com/SHI-Labs/Neighborhood-Attention-Transformer"
 _NAT_PAPER, _DINAT_PAPER = "arXiv:2204.07143", "arXiv:2209.15001"
 _DINAT = "https://shi-labs.com/projects/dinat/checkpoints/"
 _384 = dict(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0)

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg
 from timm.models._builder import _resolve_pretrained_source, resolve_pretrained_cfg
 from torch import nn
@@ -28,7 +29,31 @@ from .checkpoint import (
     read_file_overlay,
 )
 
-__all__ = ["WeightsDownloadError", "build_zoo_model"]
+__all__ = ["WeightsDownloadError", "build_zoo_model", "zoo_cfg"]
+
+ORIGIN_URL = "https://github.com/SHI-Labs/Neighborhood-Attention-Transformer"
+
+
+def zoo_cfg(url: str, arch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """A zoo model's pretrained cfg: what every family shares (ImageNet-1k classes at 224 px,
+    bicubic resizing, crop 0.875, ImageNet mean and std, head ``head``, MIT licence, the
+    original repository), then the family's ``arch`` entries (``pool_size``, ``first_conv``,
+    ``paper_ids``), then the weights' own ``kwargs``."""
+    return {
+        "url": url,
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "crop_pct": 0.875,
+        "interpolation": "bicubic",
+        "fixed_input_size": False,
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "classifier": "head",
+        "license": "mit",
+        "origin_url": ORIGIN_URL,
+        **arch,
+        **kwargs,
+    }
 
 
 class WeightsDownloadError(OSError):

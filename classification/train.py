@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 from .checkpoint import CheckpointFileError
-from .training.checkpoint import CheckpointError, checkpoint_config, load_training_checkpoint
 from .training.config import ConfigError, apply_overrides, config_to_yaml, load_config
 from .training.config import validate_config as _validate
+from .training.state import CheckpointError, checkpoint_config, load_training_checkpoint
 
 __all__ = ["main", "parse_args"]
 

@@ -24,9 +24,9 @@ import timm
 import torch
 from timm.data import resolve_data_config
 
+from .atomic import atomic_write
 from .checkpoint import CheckpointFileError, check_fit, read_checkpoint, unwrap_state_dict
 from .pretrained import WeightsDownloadError
-from .training.checkpoint import FORMAT, CheckpointError, atomic_write, checkpoint_config
 from .training.data import (
     SYNTHETIC,
     SyntheticDataset,
@@ -39,6 +39,7 @@ from .training.data import (
 from .training.engine import autocast_for, evaluate
 from .training.model import check_model_kwargs, register_zoo
 from .training.progress import Progress
+from .training.state import FORMAT, CheckpointError, checkpoint_config
 
 __all__ = ["main", "validate"]
 

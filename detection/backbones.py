@@ -44,7 +44,14 @@ from classification.dinat_s import DiNAT_s
 from classification.nat import NAT
 from detection.mmcv_compat import load_url_weights_only
 
-__all__ = ["DiNATBackbone", "DiNATSBackbone", "NATBackbone", "load_classification_weights"]
+__all__ = [
+    "BACKBONES",
+    "DiNATBackbone",
+    "DiNATSBackbone",
+    "NATBackbone",
+    "load_classification_weights",
+    "register_backbones",
+]
 
 
 class _HierarchicalBackbone(BaseModule):
@@ -232,3 +239,13 @@ class DiNATSBackbone(_HierarchicalBackbone):
 
     trunk_cls = DiNAT_s
     stage_attr = "layers"
+
+
+BACKBONES = (NATBackbone, DiNATBackbone, DiNATSBackbone)
+
+
+def register_backbones(registry: Any) -> None:
+    """Register :data:`BACKBONES` in an OpenMMLab ``MODELS`` registry (mmdet's or mmseg's),
+    replacing earlier registrations of the same names."""
+    for cls in BACKBONES:
+        registry.register_module(module=cls, force=True)

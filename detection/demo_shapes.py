@@ -1,21 +1,24 @@
 """Synthetic scenes of coloured shapes shared by the detection and segmentation demo datasets.
 
 Each scene is a noisy background with a few non-overlapping rectangles, ellipses and triangles;
-every shape comes with its class, polygon and exact pixel mask. Only numpy and Pillow are used, so
-the segmentation demo data can be generated without mmdet installed.
+every shape comes with its class, polygon and exact pixel mask. Numpy and Pillow draw them; files
+are written through :mod:`classification.atomic`. Nothing here needs mmdet, so the segmentation
+demo data can be generated with only the segmentation extra installed.
 """
 
 from __future__ import annotations
 
+import argparse
 import io
 import math
-import os
-import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from classification.atomic import atomic_write
 
 SHAPE_CLASSES: tuple[str, ...] = ("rectangle", "ellipse", "triangle")
 SHAPE_PALETTE: tuple[tuple[int, int, int], ...] = ((220, 60, 60), (60, 180, 75), (70, 110, 230))
@@ -100,17 +103,59 @@ def make_scene(
     return np.asarray(image), shapes
 
 
+def random_scene(rng: np.random.Generator, size: int) -> tuple[int, int, np.ndarray, list[Shape]]:
+    """``(height, width, image, shapes)`` of a scene whose sides are drawn in [3/4 size, size]."""
+    height = int(rng.integers(size * 3 // 4, size + 1))
+    width = int(rng.integers(size * 3 // 4, size + 1))
+    return (height, width, *make_scene(rng, height, width))
+
+
+SplitWriter = Callable[[Path, str, int, int, np.random.Generator], None]
+
+
+def generate_splits(
+    out: str | Path,
+    splits: tuple[tuple[str, int], tuple[str, int]],
+    size: int,
+    seed: int,
+    write_split: SplitWriter,
+) -> Path:
+    """Check the sizes, then ``write_split(root, name, count, size, rng)`` for the training and
+    the validation split ``(name, count)`` in turn, on one generator seeded with ``seed``."""
+    (_, num_train), (_, num_val) = splits
+    if num_train < 1 or num_val < 1:
+        raise ValueError(f"num_train and num_val must be >= 1, got {num_train} and {num_val}")
+    if size < 64:
+        raise ValueError(f"size must be >= 64, got {size}")
+    root = Path(out)
+    rng = np.random.default_rng(seed)
+    for name, count in splits:
+        write_split(root, name, count, size, rng)
+    return root
+
+
+def demo_data_main(
+    argv: list[str] | None,
+    description: str,
+    default_out: str,
+    generate: Callable[[str, int, int, int, int], Path],
+    kind: str,
+) -> None:
+    """The command line of a demo-data generator: ``--out --num-train --num-val --size --seed``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", default=default_out, help="output folder")
+    parser.add_argument("--num-train", type=int, default=16)
+    parser.add_argument("--num-val", type=int, default=8)
+    parser.add_argument("--size", type=int, default=256, help="largest image side (>= 64)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    root = generate(args.out, args.num_train, args.num_val, args.size, args.seed)
+    print(f"wrote {kind} demo data to {root}")
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write `data` to `path` atomically (:func:`classification.atomic.atomic_write`)."""
+    atomic_write(path, lambda f: f.write(data))
 
 
 def save_image_atomic(path: Path, array: np.ndarray) -> None:

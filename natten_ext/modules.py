@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import functional
-from .fast_linear import FastLinear
 from .utils import checks
 from .utils.checks import BoolOrTuple, IntOrTuple
 
@@ -66,7 +65,7 @@ class _NeighborhoodAttentionND(nn.Module):
         self.head_dim = dim // num_heads
         self.kernel_size, self.dilation, self.is_causal = ks, dil, causal
         self.scale = checks.check_scale(qk_scale, self.head_dim)
-        self.qkv = FastLinear(dim, dim * 3, bias=qkv_bias, **dd)
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, **dd)
         if rel_pos_bias:
             if any(k % 2 == 0 for k in ks) or any(causal):
                 raise NotImplementedError(
@@ -78,7 +77,7 @@ class _NeighborhoodAttentionND(nn.Module):
             self.register_parameter("rpb", None)
         self.attn_drop_p = attn_drop
         self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = FastLinear(dim, dim, **dd)
+        self.proj = nn.Linear(dim, dim, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
         self.reset_parameters()
 

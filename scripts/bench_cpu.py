@@ -46,8 +46,8 @@ import timm
 
 import classification  # noqa: F401  (registers the zoo with timm)
 import natten_ext
+from classification.layers import linear as fast_linear
 from classification.training.config import load_config
-from natten_ext import fast_linear
 from natten_ext.backends import cpu as cpu_backend
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,11 +85,7 @@ def linear_context(variant: str):
 
 def with_fast_linears(model: torch.nn.Module) -> torch.nn.Module:
     """A copy of a timm model whose ``nn.Linear`` layers are ``FastLinear`` ones."""
-    model = copy.deepcopy(model)
-    for module in model.modules():
-        if type(module) is torch.nn.Linear:
-            module.__class__ = fast_linear.FastLinear
-    return model
+    return fast_linear.use_fast_linears(copy.deepcopy(model))
 
 
 def interleaved(calls: list[tuple], reps: int) -> list[list[float]]:

@@ -31,6 +31,7 @@ import functools
 import json
 import math
 import os
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -352,7 +353,7 @@ def replay_ms(fn: Callable[[], object], inner: int = 10, outer: int = 9) -> floa
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) / inner)
-    return sorted(times)[len(times) // 2]
+    return statistics.median(times)
 
 
 def level_floor_ms(batch: int, side: int, heads: int, dim: int, elem: int) -> tuple[float, float]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import statistics
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_na import graphed  # CUDA-graph capture after a side-stream warm-up
+from bench_na import replay_ms  # a CUDA graph of calls, replayed: median ms per call
 
 from natten_ext.backends import triton_fused
 
@@ -81,22 +80,6 @@ def make_call(pass_: str, tune: dict, side: int, heads: int, dil: int, device: s
     if pass_ == "fwd":
         return lambda: triton_fused.forward(q, k, v, rpb, *window)
     return lambda: triton_fused.backward(grad, q, k, v, rpb, out, lse, *window)
-
-
-def graph_ms(fn, inner: int, outer: int) -> float:
-    """Median GPU milliseconds of one call, replayed from a CUDA graph of ``inner`` calls."""
-    replay = graphed(lambda: [fn() for _ in range(inner)])
-    replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(outer):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / inner)
-    return statistics.median(times)
 
 
 def jobs(cases: list[str], kernels: tuple[str, ...] = KERNELS) -> list[tuple]:
@@ -189,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             break
         try:
             call = make_call(pass_, tune, *CASES[case], "cuda", args.batch)
-            ms = graph_ms(call, args.inner, args.outer)
+            ms = replay_ms(call, args.inner, args.outer)
         except Exception as exc:  # record and go on
             ms = None
             print(f"failed: {case} {tune}: {type(exc).__name__}: {str(exc)[:160]}", flush=True)

@@ -13,10 +13,7 @@ setup()
 from mmseg.registry import MODELS  # noqa: E402
 from mmseg.utils import register_all_modules  # noqa: E402
 
-from detection.backbones import DiNATBackbone, DiNATSBackbone, NATBackbone  # noqa: E402
+from detection.backbones import BACKBONES, register_backbones  # noqa: E402, F401
 
-BACKBONES = (NATBackbone, DiNATBackbone, DiNATSBackbone)
-for _cls in BACKBONES:
-    MODELS.register_module(module=_cls, force=True)
-
+register_backbones(MODELS)
 register_all_modules(init_default_scope=False)

@@ -22,7 +22,7 @@ from test_train import ROOT, _train
 from classification import train as train_cli
 from classification import validate as validate_cli
 from classification.checkpoint import CheckpointFileError, load_checkpoint_file
-from classification.training.checkpoint import (
+from classification.training.state import (
     CheckpointError,
     atomic_save,
     load_training_checkpoint,

@@ -15,7 +15,7 @@ import torch
 from scripts_loader import load_script
 
 import natten_ext
-from natten_ext import fast_linear
+from classification.layers import linear as fast_linear
 from natten_ext.backends import cpu, tiled
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""The Triton LayerNorm (``classification.fast_layernorm``) against float64 ``F.layer_norm``.
+"""The Triton LayerNorm (``classification.layers.norm``) against float64 ``F.layer_norm``.
 
 On a CPU-only machine the kernels run under Triton's interpreter in a subprocess
 (``TRITON_INTERPRET`` must be set before triton is imported); ``FastLayerNorm`` itself must be
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from classification.fast_layernorm import FastLayerNorm  # noqa: E402
+from classification.layers.norm import FastLayerNorm  # noqa: E402
 
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 
@@ -41,7 +41,7 @@ def check_case(
     eps: float = 1e-5,
 ) -> dict[str, float]:
     """Relative errors of y, dx, dweight, dbias of ``fast_layer_norm`` vs float64 reference."""
-    from classification.fast_layernorm import fast_layer_norm
+    from classification.layers.norm import fast_layer_norm
 
     gen = torch.Generator().manual_seed(seed)
     n = shape[-1]

@@ -1,4 +1,4 @@
-"""``natten_ext.fast_linear.FastLinear``: oneDNN's matmul for float32 CPU inference, against
+"""``classification.layers.linear.FastLinear``: oneDNN's matmul for float32 CPU inference, against
 ``F.linear`` in float64 (the oracle), and ``nn.Linear`` itself everywhere else."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from natten_ext import fast_linear  # noqa: E402
-from natten_ext.fast_linear import FastLinear, onednn_linear_applies  # noqa: E402
+from classification.layers import linear as fast_linear  # noqa: E402
+from classification.layers.linear import FastLinear, onednn_linear_applies  # noqa: E402
 
 needs_onednn = pytest.mark.skipif(
     not fast_linear._ONEDNN, reason="oneDNN's linear is not used on this machine"
@@ -131,7 +131,7 @@ def test_script_trace_and_fx_record_aten_linear():
 def test_environment_switch_turns_the_onednn_path_off():
     code = (
         "import torch\n"
-        "from natten_ext import fast_linear\n"
+        "from classification.layers import linear as fast_linear\n"
         "layer = fast_linear.FastLinear(256, 512)\n"
         "with torch.inference_mode():\n"
         "    print(fast_linear._ONEDNN,"

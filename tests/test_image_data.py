@@ -17,13 +17,13 @@ from PIL import Image
 
 from classification import train as train_cli
 from classification import validate as validate_cli
-from classification.training.checkpoint import load_training_checkpoint
 from classification.training.data import (
     eval_transform,
     image_folder,
     scan_image_folder,
     to_rgb,
 )
+from classification.training.state import load_training_checkpoint
 
 config = test_train.config
 data_dir = test_train.data_dir

@@ -380,23 +380,23 @@ def test_package_exports():
 
 
 def test_cpu_convolutions_get_the_layout_of_the_smaller_copy(monkeypatch):
-    from classification import nat
+    from classification.layers import conv
 
     stem = torch.randn(1, 3, 64, 64)
-    assert nat.cpu_conv_layout(stem, torch.empty(32, 3, 3, 3)).is_contiguous(
+    assert conv.cpu_conv_layout(stem, torch.empty(32, 3, 3, 3)).is_contiguous(
         memory_format=torch.channels_last
     )
     small = torch.randn(1, 7, 7, 256).permute(0, 3, 1, 2)  # a channels-last view, 12.5k values
-    assert nat.cpu_conv_layout(small, torch.empty(512, 256, 3, 3)).is_contiguous()
+    assert conv.cpu_conv_layout(small, torch.empty(512, 256, 3, 3)).is_contiguous()
     if torch.cuda.is_available():
         on_gpu = stem.cuda()
-        assert nat.cpu_conv_layout(on_gpu, torch.empty(32, 3, 3, 3)) is on_gpu
+        assert conv.cpu_conv_layout(on_gpu, torch.empty(32, 3, 3, 3)) is on_gpu
     # the model's output is the one it gives with the layouts left as they come
     torch.manual_seed(0)
     model = timm.create_model("nat_mini", num_classes=10).eval()
     x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
         got = model(x)
-        monkeypatch.setattr(nat, "cpu_conv_layout", lambda x, weight: x)
+        monkeypatch.setattr(conv, "cpu_conv_layout", lambda x, weight: x)
         want = model(x)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

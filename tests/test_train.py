@@ -17,12 +17,12 @@ import torch
 from classification import train as train_cli
 from classification import validate as validate_cli
 from classification.demo_data import generate
-from classification.training.checkpoint import (
+from classification.training.runlog import read_csv
+from classification.training.state import (
     CheckpointError,
     list_checkpoints,
     load_training_checkpoint,
 )
-from classification.training.runlog import read_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 

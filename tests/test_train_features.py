@@ -21,12 +21,12 @@ from test_train import _train
 
 from classification import train as train_cli
 from classification import validate as validate_cli
-from classification.training.checkpoint import (
+from classification.training.runlog import read_csv
+from classification.training.state import (
     atomic_save,
     list_checkpoints,
     load_training_checkpoint,
 )
-from classification.training.runlog import read_csv
 
 # the fixtures of tests/test_train.py: its tiny config and generated images
 config = test_train.config

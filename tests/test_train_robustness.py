@@ -29,13 +29,13 @@ from classification import train as train_cli
 from classification import validate as validate_cli
 from classification.atomic import atomic_write, stale_temporaries
 from classification.checkpoint import save_state_dict
-from classification.training.checkpoint import (
+from classification.training.rundir import LOCK_NAME
+from classification.training.runlog import read_csv
+from classification.training.state import (
     atomic_save,
     list_checkpoints,
     load_training_checkpoint,
 )
-from classification.training.rundir import LOCK_NAME
-from classification.training.runlog import read_csv
 
 config = test_train.config
 data_dir = test_train.data_dir

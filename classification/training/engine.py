@@ -1,14 +1,16 @@
 """The training loop: DDP, AMP, gradient accumulation and clipping, EMA, per-iteration LR,
-evaluation with cross-rank metrics, periodic/best checkpoints and exact resumption."""
+evaluation with cross-rank metrics, periodic/best checkpoints and exact resumption.
+
+:func:`train` claims the run directory and finds the checkpoint to resume (``rundir.py``), then
+:class:`Trainer` builds the run, checks a resumed checkpoint (``resume.py``), compiles the model
+(``compile.py``) and trains; checkpoints are written and read by ``state.py``."""
 
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import math
 import os
-import re
 import signal
 import sys
 import time
@@ -23,22 +25,9 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3, accuracy, dispatch_clip_grad, random_seed
 from torch.nn.parallel import DistributedDataParallel
 
-from ..atomic import atomic_copy
-from .checkpoint import (
-    FORMAT,
-    CheckpointError,
-    CheckpointWriteError,
-    atomic_save,
-    atomic_write,
-    capture_rng_state,
-    checkpoint_config,
-    checkpoint_name,
-    list_checkpoints,
-    load_training_checkpoint,
-    prune_checkpoints,
-    restore_rng_state,
-)
-from .config import RESUME_MAY_CHANGE, config_to_yaml, resume_conflicts
+from ..atomic import atomic_write
+from .compile import announce_compilation, compile_model
+from .config import config_to_yaml
 from .data import build_loaders, build_mixup, resolve_workers, usable_cores
 from .distributed import (
     DistInfo,
@@ -51,9 +40,23 @@ from .distributed import (
 from .model import build_model, count_parameters
 from .optim import build_optimizer, build_scheduler, describe_schedule
 from .progress import Progress
-from .rundir import RunLock, check_fresh_run_dir, remove_stale_temporaries
+from .resume import check_resumable, restore_best
+from .rundir import RunLock, claim_run_dir, remove_stale_temporaries, resolve_run_dir
 from .runlog import EPOCH_FIELDS, RunLogger, truncate_csv
+from .state import (
+    FORMAT,
+    CheckpointError,
+    CheckpointWriteError,
+    atomic_save,
+    capture_rng_state,
+    checkpoint_name,
+    list_checkpoints,
+    load_training_checkpoint,
+    prune_checkpoints,
+    restore_rng_state,
+)
 
+# resolve_run_dir lives in rundir.py; it is importable from here too
 __all__ = ["TrainingError", "autocast_for", "evaluate", "resolve_run_dir", "train"]
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -122,121 +125,6 @@ def evaluate(
     }
 
 
-def _unused(path: Path) -> bool:
-    return not path.exists() or (path.is_dir() and not any(path.iterdir()))
-
-
-def _free_dir(base: Path) -> Path:
-    """`base`, or `base-1`, `base-2`, ... : the first that does not exist or is empty."""
-    candidate, n = base, 0
-    while not _unused(candidate):
-        n += 1
-        candidate = base.with_name(f"{base.name}-{n}")
-    return candidate
-
-
-def resolve_run_dir(
-    cfg: Mapping[str, Any], config_name: str, resume: str | None
-) -> tuple[Path, Path | None]:
-    """The run directory and the checkpoint to resume from (None: a fresh run); reads only.
-
-    `resume` is None, a checkpoint path (resumed in run.dir, else beside it), or "auto": the
-    latest checkpoint of run.dir, or of the newest `<output>/<name>` or auto-numbered
-    `<output>/<name>-<N>` directory (never another experiment's `<name>-<suffix>`); with none
-    found, a fresh run starts (in run.dir, or in the first unused `<output>/<name>[-N]`)."""
-    run = cfg["run"]
-    explicit = Path(run["dir"]) if run["dir"] else None
-    base = explicit or Path(run["output"]) / (run["name"] or config_name)
-    if resume and resume != "auto":
-        path = Path(resume)
-        return (explicit or path.parent), path
-    if resume == "auto":
-        numbered = re.compile(rf"{re.escape(base.name)}-\d+")
-        siblings = base.parent.glob(f"{glob.escape(base.name)}-*")
-        dirs = [base] if explicit else [base, *(d for d in siblings if numbered.fullmatch(d.name))]
-        latest = [ckpts[-1] for d in dirs if (ckpts := list_checkpoints(d))]
-        if latest:
-            newest = max(latest, key=lambda p: p.stat().st_mtime)
-            return newest.parent, newest
-        print(f"--resume auto: no checkpoint under {base}; starting a new run", flush=True)
-    if explicit is not None:
-        return explicit, None
-    return _free_dir(base), None
-
-
-def _claim_run_dir(
-    cfg: Mapping[str, Any], config_name: str, resume: str | None
-) -> tuple[Path, Path | None, RunLock]:
-    """resolve_run_dir, then lock the directory and check it under the lock: a fresh run must
-    not replace another run's checkpoints or results, and neither may a checkpoint resumed into
-    a directory other than its own; "auto" takes the latest checkpoint there now (another
-    training may have added one before it let go of the lock)."""
-    run_dir, resume_path = resolve_run_dir(cfg, config_name, resume)
-    lock = RunLock(run_dir).acquire()
-    try:
-        if resume == "auto":
-            ckpts = list_checkpoints(run_dir)
-            resume_path = ckpts[-1] if ckpts else None
-        elsewhere = resume_path is not None and not _same_dir(resume_path.parent, run_dir)
-        if resume_path is None or elsewhere:
-            check_fresh_run_dir(run_dir)
-    except BaseException:
-        lock.release(cleanup=True)
-        raise
-    return run_dir, resume_path, lock
-
-
-def _same_dir(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return a.resolve() == b.resolve()
-
-
-def _saved_epoch(path: Path) -> int | None:
-    """The epoch a training checkpoint was saved at (None if it is missing or unreadable)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return int(ckpt["epoch"])
-    except Exception:  # any unreadable file is simply not the one wanted
-        return None
-
-
-def _state_mismatch(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> str | None:
-    """How `state` differs from the model's own state dict in keys and shapes (None if not)."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    parts = [
-        f"{len(items)} {what} (e.g. {items[0]})"
-        for items, what in (
-            (missing, "missing keys"),
-            (unexpected, "unexpected keys"),
-            (shapes, "tensors of other shapes, checkpoint vs model"),
-        )
-        if items
-    ]
-    return "; ".join(parts) or None
-
-
-def _may_change() -> str:
-    """RESUME_MAY_CHANGE in a few words: `run.*`, `data.{path, workers}`, `optim.lr`."""
-    sections: dict[str, list[str]] = {}
-    for key in RESUME_MAY_CHANGE:
-        section, _, rest = key.partition(".")
-        sections.setdefault(section, []).append(rest or "*")
-    parts = []
-    for section, keys in sections.items():
-        inner = keys[0] if len(keys) == 1 else "{" + ", ".join(keys) + "}"
-        parts.append(f"{section}.{inner}")
-    return ", ".join(parts)
-
-
 def _summary_at(path: Path) -> tuple[int, int] | None:
     """(epoch, step) of a summary.json (None if missing or unreadable)."""
     try:
@@ -273,16 +161,6 @@ class _StopRequest:
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-def _inductor_cache_dir() -> str:
-    """Where inductor keeps compiled code (TORCHINDUCTOR_CACHE_DIR, or its default)."""
-    try:
-        from torch._inductor.runtime.cache_dir_utils import cache_dir
-
-        return cache_dir()
-    except Exception:  # a torch without this helper: name the variable alone
-        return os.environ.get("TORCHINDUCTOR_CACHE_DIR", "inductor's default cache folder")
 
 
 def _batches(loader, device: torch.device, channels_last: bool) -> Iterator[tuple[Any, Any]]:
@@ -351,8 +229,8 @@ class Trainer:
                 raw, device_ids=[info.local_rank] if info.device.type == "cuda" else None
             )
         self.ddp = model if info.distributed else None
-        self._compile_note: str | None = None  # set by _compiled when the model is compiled
-        self.model = self._compiled(model)
+        # the note names backend and mode when the model is compiled (None: it is not)
+        self.model, self._compile_note = compile_model(model, cfg, info.device, info.distributed)
         self.mixup = build_mixup(cfg, self.loaders.num_classes)
         smoothing = cfg["aug"]["smoothing"]
         if self.mixup is not None:
@@ -369,63 +247,10 @@ class Trainer:
         max_steps = self.cfg["train"]["max_steps"]
         return self.epoch >= self.total_epochs or (max_steps is not None and self.step >= max_steps)
 
-    def _compiled(self, model: torch.nn.Module) -> torch.nn.Module:
-        """``train.compile``: true, false, or auto (compile on CUDA, where it is faster)."""
-        train = self.cfg["train"]
-        wanted = train["compile"]
-        if wanted == "auto":
-            wanted = self.info.device.type == "cuda"
-        if not wanted:
-            return model
-        mode = train["compile_mode"]
-        if mode == "auto":  # CUDA graphs where the step is host-bound and they are safe
-            single = not self.info.distributed and self.cfg["optim"]["accum_steps"] == 1
-            mode = "reduce-overhead" if single and self.info.device.type == "cuda" else "default"
-        self._compile_note = f"torch.compile, backend {train['compile_backend']}, mode {mode}"
-        mode = None if mode == "default" else mode
-        # static shapes: the last, smaller validation batch gets its own graph
-        return torch.compile(model, backend=train["compile_backend"], mode=mode, dynamic=False)
-
     # ----------------------------------------------------------------- state
-    def _check_resumable(self, ckpt: dict[str, Any], path: Path) -> None:
-        """Refuse, before anything is written, a checkpoint of another model, class count or
-        class list, or whose config differs from this one in anything RESUME_MAY_CHANGE lacks."""
-        stored = checkpoint_config(ckpt, path)
-        theirs = stored["model"]["name"]
-        ours = self.cfg["model"]["name"]
-        classes = ckpt.get("num_classes")
-        names, ours_names = ckpt.get("classes"), self.loaders.classes
-        problem = None
-        if theirs != ours:
-            problem = f"it is a checkpoint of {theirs}, the config builds {ours}"
-        elif classes is not None and classes != self.loaders.num_classes:
-            problem = (
-                f"it has {classes} classes, this config and dataset have {self.loaders.num_classes}"
-            )
-        elif names is not None and ours_names is not None and names != ours_names:
-            differ = next(i for i, (a, b) in enumerate(zip(names, ours_names)) if a != b)
-            problem = (
-                f"it was trained on other classes than this dataset's (class {differ} is "
-                f"{names[differ]!r} there, {ours_names[differ]!r} here)"
-            )
-        elif (mismatch := _state_mismatch(self.raw_model, ckpt["model"])) is not None:
-            problem = f"its weights do not fit the model the config builds: {mismatch}"
-        elif conflicts := resume_conflicts(stored, self.cfg):
-            shown = "; ".join(conflicts[:6]) + ("; ..." if len(conflicts) > 6 else "")
-            raise CheckpointError(
-                f"--resume {path}: its config differs from this command's in {shown}; a resumed "
-                f"run may change only {_may_change()}: resume with the checkpoint's config "
-                f"(leave out --config and those settings), or start a new run in another run "
-                f"directory"
-            )
-        if problem:
-            raise CheckpointError(
-                f"--resume {path}: {problem}; resume it with its own config (leave out "
-                f"--config), or start a new run in another run directory"
-            )
-
     def _load_state(self, ckpt: dict[str, Any], path: Path) -> None:
-        self._check_resumable(ckpt, path)
+        loaders = self.loaders
+        check_resumable(ckpt, path, self.cfg, self.raw_model, loaders.num_classes, loaders.classes)
         self.raw_model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         # the schedule is the config's (optim.lr, sched.*), built for this run: its state in the
@@ -486,7 +311,7 @@ class Trainer:
                 flush=True,
             )
         if resumed:
-            self._restore_best()
+            restore_best(self.run_dir, self.best.get("epoch"), self.spe, self.resume_path)
         if resumed and self.epoch_rows is None:  # an older checkpoint: keep what the CSV has
             self.epoch_rows = truncate_csv(self.run_dir / "epochs.csv", EPOCH_FIELDS, self.step)
         self.log = RunLogger(
@@ -501,28 +326,6 @@ class Trainer:
             epoch, step = int(last["epoch"]), int(last["step"])
             if not (finished and _summary_at(self.log.summary_path) == (epoch, step)):
                 self.log.write_summary(self._summary(last, epoch, step))
-
-    def _restore_best(self) -> None:
-        """A kill while best.pth was written leaves it older than the best the checkpoint
-        records: copy the checkpoint of that epoch over it."""
-        epoch = self.best.get("epoch")
-        best_path = self.run_dir / "best.pth"
-        if epoch is None or _saved_epoch(best_path) == epoch:
-            return
-        candidates = [self.run_dir / checkpoint_name(epoch * self.spe)]
-        if self.resume_path is not None:
-            candidates.insert(0, self.resume_path)
-        for source in candidates:
-            of_that_epoch = source.is_file() and _saved_epoch(source) == epoch
-            if of_that_epoch and source.resolve() != best_path.resolve():
-                atomic_copy(source, best_path)
-                print(f"best.pth restored from {source.name} (epoch {epoch})", flush=True)
-                return
-        warnings.warn(
-            f"best.pth is not the checkpoint of the best epoch ({epoch}) and no checkpoint of "
-            f"that epoch is left in {self.run_dir} to restore it from",
-            stacklevel=2,
-        )
 
     def _last_checkpoint(self) -> str:
         ckpts = list_checkpoints(self.run_dir)
@@ -593,20 +396,12 @@ class Trainer:
             raise error
 
     # ----------------------------------------------------------------- loop
-    def _first_step_compiles(self, batches: Iterator[tuple[Any, Any]]):
-        """The run's first step, with one line before and after it when the model is compiled
-        (compilation happens there and takes minutes on a cold cache)."""
+    def _first_step(self, batches: Iterator[tuple[Any, Any]]):
+        """The run's first step, announced when the model is compiled (it compiles there)."""
         if self._compile_note is None or not self.info.is_main:
             return self._train_step(batches)
-        print(f"compiling the model ({self._compile_note}); the first step waits for it; "
-              f"compiled code is cached in {_inductor_cache_dir()} (TORCHINDUCTOR_CACHE_DIR), "
-              f"so a later run of the same model skips most of it", flush=True)  # fmt: skip
-        started = time.perf_counter()
-        result = self._train_step(batches)
-        if self.info.device.type == "cuda":
-            torch.cuda.synchronize(self.info.device)
-        print(f"compiled: the first step took {time.perf_counter() - started:.1f} s", flush=True)
-        return result
+        with announce_compilation(self._compile_note, self.info.device):
+            return self._train_step(batches)
 
     def _train_step(
         self, batches: Iterator[tuple[Any, Any]]
@@ -706,7 +501,7 @@ class Trainer:
                 t_log, steps_since_log = time.perf_counter(), 0
                 for _ in range(self.spe - done):
                     if first_step:
-                        loss, grad_norm = self._first_step_compiles(batches)
+                        loss, grad_norm = self._first_step(batches)
                         first_step = False
                     else:
                         loss, grad_norm = self._train_step(batches)
@@ -846,7 +641,7 @@ def train(cfg: dict[str, Any], config_name: str, resume: str | None = None) -> d
 
     def claim() -> tuple[Path, Path | None]:
         nonlocal lock
-        run_dir, resume_path, lock = _claim_run_dir(cfg, config_name, resume)
+        run_dir, resume_path, lock = claim_run_dir(cfg, config_name, resume)
         return run_dir, resume_path
 
     try:

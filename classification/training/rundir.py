@@ -1,18 +1,31 @@
-"""The run directory: one training at a time (an fcntl lock on a file in it), what it already
-holds, and the temporaries that interrupted writes left behind."""
+"""The run directory: which one a run uses and the checkpoint it resumes from
+(:func:`resolve_run_dir`, :func:`claim_run_dir`), one training at a time in it (an fcntl lock on
+a file in it), what it already holds, and the temporaries that interrupted writes left behind."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import os
+import re
 import socket
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from ..atomic import stale_temporaries
-from .checkpoint import list_checkpoints
+from .state import list_checkpoints
 
-__all__ = ["LOCK_NAME", "RunDirError", "RunLock", "previous_results", "remove_stale_temporaries"]
+__all__ = [
+    "LOCK_NAME",
+    "RunDirError",
+    "RunLock",
+    "claim_run_dir",
+    "previous_results",
+    "remove_stale_temporaries",
+    "resolve_run_dir",
+]
 
 LOCK_NAME = ".nat-train.lock"
 
@@ -161,3 +174,74 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _unused(path: Path) -> bool:
+    return not path.exists() or (path.is_dir() and not any(path.iterdir()))
+
+
+def _free_dir(base: Path) -> Path:
+    """`base`, or `base-1`, `base-2`, ... : the first that does not exist or is empty."""
+    candidate, n = base, 0
+    while not _unused(candidate):
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+def resolve_run_dir(
+    cfg: Mapping[str, Any], config_name: str, resume: str | None
+) -> tuple[Path, Path | None]:
+    """The run directory and the checkpoint to resume from (None: a fresh run); reads only.
+
+    `resume` is None, a checkpoint path (resumed in run.dir, else beside it), or "auto": the
+    latest checkpoint of run.dir, or of the newest `<output>/<name>` or auto-numbered
+    `<output>/<name>-<N>` directory (never another experiment's `<name>-<suffix>`); with none
+    found, a fresh run starts (in run.dir, or in the first unused `<output>/<name>[-N]`)."""
+    run = cfg["run"]
+    explicit = Path(run["dir"]) if run["dir"] else None
+    base = explicit or Path(run["output"]) / (run["name"] or config_name)
+    if resume and resume != "auto":
+        path = Path(resume)
+        return (explicit or path.parent), path
+    if resume == "auto":
+        numbered = re.compile(rf"{re.escape(base.name)}-\d+")
+        siblings = base.parent.glob(f"{glob.escape(base.name)}-*")
+        dirs = [base] if explicit else [base, *(d for d in siblings if numbered.fullmatch(d.name))]
+        latest = [ckpts[-1] for d in dirs if (ckpts := list_checkpoints(d))]
+        if latest:
+            newest = max(latest, key=lambda p: p.stat().st_mtime)
+            return newest.parent, newest
+        print(f"--resume auto: no checkpoint under {base}; starting a new run", flush=True)
+    if explicit is not None:
+        return explicit, None
+    return _free_dir(base), None
+
+
+def claim_run_dir(
+    cfg: Mapping[str, Any], config_name: str, resume: str | None
+) -> tuple[Path, Path | None, RunLock]:
+    """resolve_run_dir, then lock the directory and check it under the lock: a fresh run must
+    not replace another run's checkpoints or results, and neither may a checkpoint resumed into
+    a directory other than its own; "auto" takes the latest checkpoint there now (another
+    training may have added one before it let go of the lock)."""
+    run_dir, resume_path = resolve_run_dir(cfg, config_name, resume)
+    lock = RunLock(run_dir).acquire()
+    try:
+        if resume == "auto":
+            ckpts = list_checkpoints(run_dir)
+            resume_path = ckpts[-1] if ckpts else None
+        elsewhere = resume_path is not None and not _same_dir(resume_path.parent, run_dir)
+        if resume_path is None or elsewhere:
+            check_fresh_run_dir(run_dir)
+    except BaseException:
+        lock.release(cleanup=True)
+        raise
+    return run_dir, resume_path, lock
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write
+from ..atomic import atomic_write
 
 __all__ = ["EPOCH_FIELDS", "STEP_FIELDS", "RunLogger", "read_csv", "truncate_csv"]
 

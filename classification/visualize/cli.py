@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import CheckpointFileError
-from ..training.checkpoint import CheckpointError
+from ..training.state import CheckpointError
 from .figure import MatplotlibMissing, VisualizeError, check_png_path, require_matplotlib
 from .inputs import (
     LoadedModel,

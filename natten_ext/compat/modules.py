@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import functional as _ne
-from ..fast_linear import FastLinear
 from ..utils import checks
 from . import context
 
@@ -89,7 +88,7 @@ class _CompatNeighborhoodAttention(nn.Module):
         self.head_dim = dim // num_heads
         self.scale = qk_scale or self.head_dim**-0.5
         self._dim = dim
-        self.qkv = FastLinear(dim, dim * 3, bias=qkv_bias)
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         if rel_pos_bias:
             if any(k % 2 == 0 for k in kernel_size) or any(is_causal):
                 raise NotImplementedError(
@@ -101,7 +100,7 @@ class _CompatNeighborhoodAttention(nn.Module):
         else:
             self.register_parameter("rpb", None)
         self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = FastLinear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def _window(

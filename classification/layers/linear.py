@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .utils.capture import graph_capture_active
+from natten_ext.utils.capture import graph_capture_active
 
-__all__ = ["ENV_CPU_LINEAR", "FastLinear", "onednn_linear_applies"]
+__all__ = ["ENV_CPU_LINEAR", "FastLinear", "Linear", "onednn_linear_applies", "use_fast_linears"]
 
 ENV_CPU_LINEAR = "NATTEN_EXT_CPU_LINEAR"
 # oneDNN's op costs about 14 us a call before any arithmetic: below about 2M multiply-adds MKL is
@@ -89,3 +89,15 @@ class FastLinear(nn.Linear):
         if onednn_linear_applies(input, self.weight, self.bias):
             return torch.ops.mkldnn._linear_pointwise(input, self.weight, self.bias, "none", [], "")
         return F.linear(input, self.weight, self.bias)
+
+
+Linear = FastLinear  # what the models build their Linear layers with
+
+
+def use_fast_linears(module: nn.Module) -> nn.Module:
+    """Make every plain ``nn.Linear`` in ``module`` a :class:`FastLinear`, in place, and return
+    ``module``: the same parameters, state dict and hooks, only the class changes."""
+    for sub in module.modules():
+        if type(sub) is nn.Linear:
+            sub.__class__ = FastLinear
+    return module
