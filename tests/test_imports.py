@@ -19,6 +19,7 @@ def test_the_operator_imports_nothing_of_the_models():
     module of classification, detection or segmentation."""
     code = (
         "import sys, natten_ext, natten_ext.compat, natten_ext.export, natten_ext.flops\n"
+        "import natten_ext.fast_linear\n"
         "print(sorted(m for m in sys.modules"
         " if m.split('.')[0] in ('classification', 'detection', 'segmentation')))\n"
     )
@@ -40,3 +41,24 @@ def test_the_operator_imports_nothing_of_the_models():
 def test_re_exporting_modules_give_the_same_objects(alias, home, names):
     there, here = importlib.import_module(alias), importlib.import_module(home)
     assert all(getattr(there, name) is getattr(here, name) for name in names)
+
+
+def test_the_former_fast_linear_path_still_gives_the_class():
+    """``natten_ext.fast_linear.FastLinear`` (the former home) is the zoo's class, with a
+    warning that names the new one; whole models pickled with that path load again."""
+    import torch
+
+    from classification.layers import FastLinear
+
+    old = importlib.import_module("natten_ext.fast_linear")
+    with pytest.warns(DeprecationWarning, match="classification.layers.FastLinear"):
+        assert old.FastLinear is FastLinear
+    with pytest.raises(AttributeError, match="Linear2"):
+        old.Linear2  # noqa: B018
+    layer = FastLinear(4, 3)
+    buffer = __import__("io").BytesIO()
+    torch.save(layer, buffer, _use_new_zipfile_serialization=False)  # a plain pickle stream
+    data = buffer.getvalue().replace(b"classification.layers.linear", b"natten_ext.fast_linear")
+    with pytest.warns(DeprecationWarning):
+        again = torch.load(__import__("io").BytesIO(data), weights_only=False)
+    assert type(again) is FastLinear and torch.equal(again.weight, layer.weight)
